@@ -1,0 +1,1 @@
+"""Datasets: the canonical record every source is converted to, and the sources themselves."""

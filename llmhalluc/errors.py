@@ -1,0 +1,33 @@
+"""The errors a user can fix, one type per kind.
+
+A stage catches these at its top level, prints the message alone (no traceback:
+the message already names the key, file and line) and exits with the kind's code.
+Anything else is a bug in this project and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error in what the user gave us, not in the code."""
+
+    exit_code = 1
+
+
+class ParamsError(UserError):
+    """params.yaml is wrong: unknown key, bad type, bad choice, inconsistent values.
+
+    Exit code 2, like argparse's usage errors: the run never started.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class DataError(UserError):
+    """An input file or record is wrong; the message names the file and line or record id."""
+
+    exit_code = 3

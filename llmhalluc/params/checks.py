@@ -1,0 +1,236 @@
+"""Cross-field and environment checks, raised at load time with the keys named.
+
+TRL raises several of these late (after the model is loaded, or mid-training)
+or obscurely; here they fail before anything heavy happens. Each check returns
+problems as `file:line: key.path: what is wrong; what would be valid`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from llmhalluc.errors import ParamsError
+from llmhalluc.params.schema import nearest
+from llmhalluc.params.sections import BUILTIN_TINY
+from llmhalluc.rewards import REWARDS
+
+if TYPE_CHECKING:
+    from llmhalluc.params.loader import Section
+
+Problems = list[str]
+
+
+def check(section: Section, *, for_run: bool) -> None:
+    problems: Problems = []
+    for rule in _RULES.get(section.name, []):
+        rule(section, problems)
+    missing = _missing_paths(section)
+    if for_run:
+        problems.extend(missing)
+    else:
+        for line in missing:
+            print(f"warning: {line} (a real run needs it)", file=sys.stderr)
+    if problems:
+        raise ParamsError(problems)
+    hardware = _hardware(section)
+    if hardware:
+        raise ParamsError(hardware)
+
+
+def _trl_value(section: Section, key: str):
+    """What TRL will see for a key: the user's value, else TRL's default."""
+    if key in section.trl:
+        return section.trl[key]
+    return section.trl_fields[key].default
+
+
+def _grpo_batch(section: Section, problems: Problems) -> None:
+    """GRPOConfig.__post_init__'s batch arithmetic, with the process count the launcher will use."""
+    p = section.project
+    processes = p.launcher.num_processes
+    per_device = _trl_value(section, "per_device_train_batch_size")
+    num_generations = _trl_value(section, "num_generations")
+    generation_batch = _trl_value(section, "generation_batch_size")
+    steps_per_generation = _trl_value(section, "steps_per_generation")
+    accumulation = _trl_value(section, "gradient_accumulation_steps")
+    global_batch = per_device * processes
+    ctx = f"per_device_train_batch_size={per_device} x launcher.num_processes={processes}"
+    if num_generations is not None and num_generations < 2:
+        problems.append(f"{section.where('num_generations')}: grpo.num_generations: must be at least 2 "
+                        f"(advantages compare completions of one prompt), got {num_generations}")
+        return
+    if generation_batch is not None and steps_per_generation is not None:
+        problems.append(f"{section.where('generation_batch_size')}: grpo.generation_batch_size and "
+                        "grpo.steps_per_generation: set at most one of them")
+        return
+    if generation_batch is None:
+        steps = steps_per_generation if steps_per_generation is not None else accumulation
+        generation_batch = global_batch * steps
+        source = f"{ctx} x {'steps_per_generation' if steps_per_generation is not None else 'gradient_accumulation_steps'}={steps}"
+    else:
+        source = "grpo.generation_batch_size"
+        if generation_batch % global_batch:
+            problems.append(f"{section.where('generation_batch_size')}: grpo.generation_batch_size: "
+                            f"{generation_batch} is not divisible by the global batch {global_batch} ({ctx})")
+            return
+    if num_generations is not None and generation_batch % num_generations:
+        valid = [n for n in range(2, generation_batch + 1) if generation_batch % n == 0]
+        problems.append(f"{section.where('num_generations')}: grpo.num_generations: {num_generations} does not "
+                        f"divide the generation batch {generation_batch} ({source}); "
+                        f"valid here: {valid}, or change the batch")
+
+
+def _grpo_rewards(section: Section, problems: Problems) -> None:
+    p = section.project
+    for index, name in enumerate(p.reward_funcs):
+        if name not in REWARDS:
+            close = nearest(name, REWARDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{section.where('reward_funcs')}: grpo.reward_funcs[{index}]: no reward named {name!r}; "
+                            f"registered: {', '.join(sorted(REWARDS))}{hint}")
+    if not p.reward_funcs:
+        problems.append(f"{section.where('reward_funcs')}: grpo.reward_funcs: name at least one reward")
+    for name in p.rewards:
+        if name not in p.reward_funcs:
+            problems.append(f"{section.where('rewards', name)}: grpo.rewards.{name}: options for a reward that "
+                            f"grpo.reward_funcs does not use ({', '.join(p.reward_funcs)})")
+    weights = section.trl.get("reward_weights")
+    if weights is not None and len(weights) != len(p.reward_funcs):
+        problems.append(f"{section.where('reward_weights')}: grpo.reward_weights: {len(weights)} weights for "
+                        f"{len(p.reward_funcs)} reward_funcs ({', '.join(p.reward_funcs)}); give one weight each")
+
+
+def _launcher(section: Section, problems: Problems) -> None:
+    launcher = section.project.launcher
+    if launcher.num_processes < 1:
+        problems.append(f"{section.where('launcher', 'num_processes')}: {section.name}.launcher.num_processes: "
+                        f"must be >= 1, got {launcher.num_processes}")
+    elif launcher.kind == "python" and launcher.num_processes != 1:
+        problems.append(f"{section.where('launcher', 'num_processes')}: {section.name}.launcher.num_processes: "
+                        f"kind 'python' runs one process; got {launcher.num_processes}")
+
+
+def _lora(section: Section, problems: Problems) -> None:
+    lora = section.project.lora
+    where = section.where("lora")
+    if lora.r < 1:
+        problems.append(f"{where}: {section.name}.lora.r: must be >= 1, got {lora.r}")
+    if lora.alpha <= 0:
+        problems.append(f"{where}: {section.name}.lora.alpha: must be > 0, got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        problems.append(f"{where}: {section.name}.lora.dropout: must be in [0, 1), got {lora.dropout}")
+
+
+def _output_dirs(section: Section, problems: Problems) -> None:
+    checkpoints = _trl_value(section, "output_dir")
+    if checkpoints is not None and Path(checkpoints) == Path(section.project.model_dir):
+        problems.append(f"{section.where('output_dir')}: {section.name}.output_dir: checkpoints and "
+                        f"{section.name}.model_dir ({checkpoints}) must be different folders")
+
+
+def _tiny_model(section: Section, problems: Problems) -> None:
+    tiny = section.project.tiny_model
+    if tiny.hidden_size % tiny.num_heads:
+        problems.append(f"{section.where('tiny_model', 'num_heads')}: sft.tiny_model.num_heads: {tiny.num_heads} "
+                        f"does not divide hidden_size {tiny.hidden_size}")
+
+
+def _positive(*keys: str) -> Callable[[Section, Problems], None]:
+    """Rule: each dotted project key must be >= 1."""
+
+    def rule(section: Section, problems: Problems) -> None:
+        for key in keys:
+            value = section.project
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value < 1:
+                problems.append(f"{section.where(*key.split('.'))}: {section.name}.{key}: must be >= 1, got {value}")
+
+    return rule
+
+
+def _prepare(section: Section, problems: Problems) -> None:
+    p = section.project
+    if p.arithmetic.min_steps > p.arithmetic.max_steps:
+        problems.append(f"{section.where('arithmetic', 'min_steps')}: prepare.arithmetic.min_steps: "
+                        f"{p.arithmetic.min_steps} exceeds max_steps {p.arithmetic.max_steps}")
+    if not 0.0 <= p.backtrack.error_rate <= 1.0:
+        problems.append(f"{section.where('backtrack', 'error_rate')}: prepare.backtrack.error_rate: "
+                        f"must be in [0, 1], got {p.backtrack.error_rate}")
+
+
+def _eval_sampling(section: Section, problems: Problems) -> None:
+    p = section.project
+    if p.temperature <= 0:
+        problems.append(f"{section.where('temperature')}: eval.temperature: must be > 0, got {p.temperature}")
+    if not 0.0 < p.top_p <= 1.0:
+        problems.append(f"{section.where('top_p')}: eval.top_p: must be in (0, 1], got {p.top_p}")
+
+
+_RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
+    "prepare": [
+        _prepare,
+        _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand"),
+    ],
+    "sft": [_launcher, _lora, _output_dirs, _tiny_model,
+            _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
+    "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
+    "merge": [],
+    "eval": [_eval_sampling, _positive("batch_size", "max_new_tokens")],
+}
+
+#: Keys naming an input that must exist before the stage runs: (section, key).
+_INPUT_PATHS = {
+    "sft": ["data_dir", "model_name_or_path"],
+    "grpo": ["data_dir", "model_name_or_path"],
+    "merge": ["model_dir"],
+    "eval": ["data_dir", "model_name_or_path"],
+}
+
+
+def looks_local(value: str) -> bool:
+    """A hub id (`org/name`) and a relative folder (`models/sft`) look alike; a folder
+    is what exists, is written as a path (./, ../, /, ~), or starts in an existing folder."""
+    if value == BUILTIN_TINY:
+        return False
+    if value.startswith(("./", "../", "/", "~")) or os.path.exists(value):
+        return True
+    first = Path(value).parts[0] if Path(value).parts else ""
+    return "/" in value and Path(first).is_dir()
+
+
+def _missing_paths(section: Section) -> Problems:
+    problems = []
+    for key in _INPUT_PATHS.get(section.name, []):
+        value = getattr(section.project, key)
+        if looks_local(value) and not Path(value).expanduser().exists():
+            problems.append(f"{section.where(key)}: {section.name}.{key}: path {value!r} does not exist")
+    return problems
+
+
+def _hardware(section: Section) -> Problems:
+    """bf16 / fp16 / tf32 asked for where this machine cannot do them. Imports torch only if asked."""
+    asked = {k: section.trl.get(k) for k in ("bf16", "fp16", "tf32") if section.trl.get(k) is True}
+    dtype = getattr(section.project, "dtype", "auto")
+    if not asked and dtype not in ("float16",):
+        return []
+    import torch
+
+    cuda = torch.cuda.is_available()
+    problems = []
+    if asked.get("bf16") and not (cuda and torch.cuda.is_bf16_supported()):
+        problems.append(f"{section.where('bf16')}: {section.name}.bf16: true needs a GPU with bfloat16 support and "
+                        "this machine has none; set it to false, or leave it out to choose from the hardware")
+    if asked.get("fp16") and not cuda:
+        problems.append(f"{section.where('fp16')}: {section.name}.fp16: true needs a CUDA GPU and this machine has "
+                        "none; set it to false or leave it out")
+    if asked.get("tf32") and not (cuda and torch.cuda.get_device_capability()[0] >= 8):
+        problems.append(f"{section.where('tf32')}: {section.name}.tf32: true needs an Ampere or newer GPU; "
+                        "set it to false or leave it out")
+    if dtype == "float16" and not cuda and section.name in ("sft", "grpo"):
+        problems.append(f"{section.where('dtype')}: {section.name}.dtype: float16 training needs a CUDA GPU; "
+                        "use auto or float32 here")
+    return problems

@@ -1,0 +1,89 @@
+"""From a validated section to what actually runs: the TRL config object and the resolved JSON.
+
+Only the keys the user wrote are passed to TRL, plus hardware facts the user
+left open (`use_cpu`, `bf16`); every other field keeps TRL's own default. So no
+layer in between can override the user, and the resolved JSON, read back off
+the config object TRL built, is what the trainer received.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+from llmhalluc.errors import ParamsError
+from llmhalluc.params.loader import Section
+from llmhalluc.params.trl_schema import TRL_CONFIGS
+
+RESOLVED_FILE = "resolved_params.json"
+_SECRETS = ("hub_token",)
+
+
+def hardware_defaults(section: Section) -> dict[str, Any]:
+    """Values TRL would otherwise guess wrong for this machine, for keys the user did not set.
+
+    TrainingArguments defaults to bf16 where TRL's configs ask for it, and then
+    refuses to start on a CPU; the user's explicit value is never replaced (the
+    params layer already refused one this hardware cannot honour).
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    derived = {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
+    return {k: v for k, v in derived.items() if k not in section.trl}
+
+
+def trl_config(section: Section):
+    """The SFTConfig / GRPOConfig the trainer gets."""
+    import trl
+
+    cls = getattr(trl, TRL_CONFIGS[section.name])
+    try:
+        return cls(**section.trl, **hardware_defaults(section))
+    except ValueError as exc:  # TRL's own __post_init__ checks: a backstop behind ours
+        raise ParamsError(f"{section.file.path}: {section.name}: TRL rejected the configuration: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    try:
+        json.dumps(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def resolved(section: Section, config: Any | None = None) -> dict[str, Any]:
+    """Every key the stage runs with, defaults included, laid out like params.yaml's section.
+
+    For sft/grpo pass the config object the trainer gets (built if omitted): its
+    fields are read back after TRL's own __post_init__ resolved them.
+    """
+    out = _plain(dataclasses.asdict(section.project))
+    if section.name in TRL_CONFIGS:
+        config = config if config is not None else trl_config(section)
+        for f in dataclasses.fields(config):
+            if f.init and not f.name.startswith("_"):
+                value = getattr(config, f.name)
+                out[f.name] = "<hidden>" if f.name in _SECRETS and value is not None else _plain(value)
+    return out
+
+
+def write_resolved(data: dict[str, Any], out_dir: str | Path) -> Path:
+    """Record what ran inside the stage's outs, so what ran is never a guess."""
+    path = Path(out_dir) / RESOLVED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,249 @@
+"""Field schemas: one small, JSON-serialisable type language for every key we accept.
+
+TRL's config dataclasses and the project's own params classes are both turned
+into this form, so a single checker validates a whole section and the TRL part
+can be cached as JSON (importing TRL costs ~5 s; an error must show in < 2 s).
+
+A type is a dict with a tag "t":
+  int, float, bool, str, none, any
+  list {item}            dict {value}          (keys are always strings in YAML)
+  choice {values}        Literal, Enum, or the allowed values TRL documents
+  union {of}             Optional[X], X | Y
+  section {fields}       a nested params class: unknown keys inside are errors
+  opaque {name}          a Python object that YAML cannot express; only its default
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import types
+import typing
+from typing import Any, Literal, Union
+
+Type = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    """What one key accepts, its default, and a line of help."""
+
+    type: Type
+    default: Any
+    help: str
+    has_default: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "default": self.default, "help": self.help, "has_default": self.has_default}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FieldSpec:
+        return cls(type=data["type"], default=data["default"], help=data["help"], has_default=data["has_default"])
+
+
+def describe_type(hint: Any, nested_sections: bool = True) -> Type:
+    """Translate a typing hint into the schema type language.
+
+    Nested dataclasses become sections only for the project's own params classes
+    (nested_sections); inside TRL's configs they are objects the trainer expects
+    built (accelerate's ParallelismConfig), which YAML cannot give.
+    """
+    if hint is Any:
+        return {"t": "any"}
+    if hint is type(None) or hint is None:
+        return {"t": "none"}
+    if hint is bool:
+        return {"t": "bool"}
+    if hint is int:
+        return {"t": "int"}
+    if hint is float:
+        return {"t": "float"}
+    if hint is str:
+        return {"t": "str"}
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return _union([describe_type(a, nested_sections) for a in args])
+    if origin is Literal:
+        return {"t": "choice", "values": list(args)}
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        item = describe_type(args[0], nested_sections) if args else {"t": "any"}
+        return {"t": "list", "item": item}
+    if origin is dict or hint is dict:
+        value = describe_type(args[1], nested_sections) if len(args) == 2 else {"t": "any"}
+        return {"t": "dict", "value": value}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return {"t": "choice", "values": [m.value for m in hint]}
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and nested_sections:
+        return {"t": "section", "fields": {k: v.to_json() for k, v in describe_dataclass(hint).items()}}
+    return {"t": "opaque", "name": getattr(hint, "__name__", str(hint))}
+
+
+def _union(members: list[Type]) -> Type:
+    # An Enum next to `str` (TrainingArguments' `SchedulerType | str`) means "a
+    # string naming a member", so the choice wins over free text. A Literal of
+    # non-strings beside `str` (`str | Literal[False]`) leaves the text free.
+    if any(m["t"] == "choice" and all(isinstance(v, str) for v in m["values"]) for m in members):
+        members = [m for m in members if m["t"] != "str"]
+    flat: list[Type] = []
+    for m in members:
+        flat.extend(m["of"] if m["t"] == "union" else [m])
+    return flat[0] if len(flat) == 1 else {"t": "union", "of": flat}
+
+
+def json_default(value: Any) -> Any:
+    """A default as JSON; objects YAML cannot express become their repr."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    try:
+        json.dumps(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def field_default(f: dataclasses.Field) -> tuple[bool, Any]:
+    if f.default is not dataclasses.MISSING:
+        return True, json_default(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return True, json_default(f.default_factory())
+    return False, None
+
+
+def describe_dataclass(cls: type, nested_sections: bool = True) -> dict[str, FieldSpec]:
+    """Every init field of a dataclass with its type, default and help."""
+    hints = typing.get_type_hints(cls)
+    specs: dict[str, FieldSpec] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        has_default, default = field_default(f)
+        field_type = describe_type(hints[f.name], nested_sections)
+        if "choices" in f.metadata:
+            field_type = _with_choices(field_type, list(f.metadata["choices"]))
+        specs[f.name] = FieldSpec(field_type, default, _first_line(f.metadata.get("help", "")), has_default)
+    return specs
+
+
+def _with_choices(field_type: Type, values: list[Any]) -> Type:
+    """Replace the free `str` in a type by a closed set of values."""
+    choice = {"t": "choice", "values": values}
+    if field_type["t"] == "str":
+        return choice
+    if field_type["t"] == "union":
+        return _union([choice if m["t"] == "str" else m for m in field_type["of"]])
+    return field_type
+
+
+def _first_line(text: str) -> str:
+    return " ".join(text.split()).split(". ")[0][:200]
+
+
+class Mismatch(Exception):
+    """A value does not fit its type; the message is about the value, the caller adds the key path."""
+
+
+def type_name(t: Type) -> str:
+    tag = t["t"]
+    if tag == "union":
+        return " or ".join(type_name(m) for m in t["of"])
+    if tag == "list":
+        return f"list of {type_name(t['item'])}"
+    if tag == "dict":
+        return "mapping"
+    if tag == "choice":
+        return "one of " + ", ".join(_show(v) for v in t["values"])
+    if tag == "section":
+        return "mapping"
+    if tag == "none":
+        return "null"
+    if tag == "opaque":
+        return f"{t['name']} (cannot be set from YAML)"
+    return tag
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def describe_value(value: Any) -> str:
+    kind = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}.get(type(value))
+    kind = kind or type(value).__name__
+    return "null" if value is None else f"{kind} {_show(value)}"
+
+
+def nearest(name: str, candidates: typing.Iterable[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+
+
+def coerce(t: Type, value: Any) -> Any:
+    """Return value converted to t (only int -> float widens), or raise Mismatch.
+
+    Sections are not handled here: the section walker owns unknown-key reporting.
+    """
+    tag = t["t"]
+    if tag == "any":
+        return value
+    if tag == "none":
+        if value is None:
+            return None
+    elif tag == "bool":
+        if isinstance(value, bool):
+            return value
+    elif tag == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tag == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tag == "str":
+        if isinstance(value, str):
+            return value
+    elif tag == "choice":
+        if any(value == v and type(value) is type(v) for v in t["values"]):
+            return value
+        hint = ""
+        if isinstance(value, str):
+            close = nearest(value, [v for v in t["values"] if isinstance(v, str)], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise Mismatch(f"{_show(value)} is not allowed; valid: {', '.join(_show(v) for v in t['values'])}{hint}")
+    elif tag == "list":
+        if isinstance(value, list):
+            out = []
+            for index, item in enumerate(value):
+                try:
+                    out.append(coerce(t["item"], item))
+                except Mismatch as exc:
+                    raise Mismatch(f"item {index}: {exc}") from None
+            return out
+    elif tag == "dict":
+        if isinstance(value, dict):
+            out_map = {}
+            for key, item in value.items():
+                try:
+                    out_map[key] = coerce(t["value"], item)
+                except Mismatch as exc:
+                    raise Mismatch(f"key {key!r}: {exc}") from None
+            return out_map
+    elif tag == "union":
+        errors = []
+        for member in t["of"]:
+            try:
+                return coerce(member, value)
+            except Mismatch as exc:
+                errors.append((member, exc))
+        # A string against a closed set of values: the helpful message is the choice one.
+        for member, exc in errors:
+            if member["t"] == "choice" and isinstance(value, str):
+                raise exc
+    elif tag == "opaque":
+        raise Mismatch(f"{t['name']} cannot be set from YAML; leave the key out")
+    raise Mismatch(f"expected {type_name(t)}, got {describe_value(value)}")

@@ -1,0 +1,177 @@
+"""The project's own keys, declared once, as typed classes with one line of help each.
+
+`sft` and `grpo` also take every TRL field flat (see trl_schema); the classes
+here hold only what TRL does not know about. A name TRL also uses is refused
+when the schema is built, so the two can never shadow each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: model_name_or_path of the tiny model built from a seed (a colon never occurs in a hub id).
+BUILTIN_TINY = "builtin:tiny-qwen2"
+
+
+def param(default, help: str, **kwargs):  # noqa: A002 - "help" is the word argparse and HF use
+    """A dataclass field with its one line of help; mutable defaults go through a factory."""
+    if isinstance(default, (list, dict)) or hasattr(default, "__dataclass_fields__"):
+        factory = default.copy if isinstance(default, (list, dict)) else type(default)
+        return field(default_factory=factory, metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class ArithmeticParams:
+    """The built-in synthetic task: chains of small additions and subtractions."""
+
+    min_steps: int = param(1, "fewest operations in one problem")
+    max_steps: int = param(2, "most operations in one problem")
+    max_operand: int = param(9, "operands are drawn from 1..max_operand")
+    allow_negative: bool = param(False, "allow intermediate results below zero")
+
+
+@dataclass
+class SplitSizes:
+    """How many problems each prepared set gets."""
+
+    sft: int = param(2000, "SFT training examples")
+    grpo: int = param(256, "GRPO prompts")
+    eval: int = param(200, "held-out evaluation problems (never seen in training)")
+
+
+@dataclass
+class BacktrackAugmentParams:
+    """Where errors are inserted into SFT solutions for the model to retract."""
+
+    error_rate: float = param(0.0, "share of SFT examples that get an error and its backtracks (0 = error-free)")
+    errors_per_example: int = param(1, "errors inserted into an augmented example")
+    error_kind: Literal["plausible", "random"] = param("plausible", "near-miss numbers, or random tokens")
+
+
+@dataclass
+class PrepareParams:
+    """params.yaml[prepare]."""
+
+    seed: int = param(0, "seed for generation, sampling and augmentation")
+    out_dir: str = param("data/prepared", "where the prepared sets are written (the stage's out)")
+    sizes: SplitSizes = param(SplitSizes(), "number of examples per prepared set")
+    arithmetic: ArithmeticParams = param(ArithmeticParams(), "options of the built-in arithmetic generator")
+    backtrack: BacktrackAugmentParams = param(BacktrackAugmentParams(), "backtrack augmentation of SFT data")
+    system_prompt: str = param("Solve the problem step by step.", "system message shared by SFT, GRPO and eval")
+
+
+@dataclass
+class TinyModelParams:
+    """Shape of the built-in model, used when model_name_or_path is the built-in name."""
+
+    vocab_size: int = param(512, "BPE vocabulary size of the tokenizer trained on the prepared data")
+    hidden_size: int = param(128, "width of the transformer")
+    num_layers: int = param(2, "number of transformer layers")
+    num_heads: int = param(4, "attention heads (must divide hidden_size)")
+    intermediate_size: int = param(256, "width of the MLP")
+    seed: int = param(0, "seed of the random initial weights")
+
+
+@dataclass
+class LoraParams:
+    """A LoRA adapter through peft; enabled: false trains all weights."""
+
+    enabled: bool = param(False, "train a LoRA adapter instead of all weights")
+    r: int = param(16, "LoRA rank")
+    alpha: int = param(32, "LoRA scaling numerator (lora_alpha)")
+    dropout: float = param(0.0, "dropout on the LoRA path")
+    target_modules: str | list[str] = param("all-linear", "module names to adapt, or 'all-linear'")
+
+
+@dataclass
+class LauncherParams:
+    """How the stage's training process starts."""
+
+    kind: Literal["python"] = param("python", "start the trainer in this process")
+    num_processes: int = param(1, "processes the trainer runs on (GRPO batch checks use it)")
+
+
+@dataclass
+class BacktrackTokenParams:
+    """The token that deletes the token before it."""
+
+    token: str = param("<|backtrack|>", "text of the special token (reused if the tokenizer has it)")
+    init: Literal["mean", "semantic", "description", "combined"] = param("mean", "how its embedding rows start")
+    noise_std: float = param(0.01, "noise added to the initial rows, relative to the mean row norm")
+
+
+@dataclass
+class SftParams:
+    """params.yaml[sft], besides SFTConfig's own fields."""
+
+    model_name_or_path: str = param(BUILTIN_TINY, "hub id, local folder, or the built-in tiny model")
+    tiny_model: TinyModelParams = param(TinyModelParams(), "shape of the built-in model")
+    data_dir: str = param("data/prepared", "prepared data written by the prepare stage")
+    model_dir: str = param("models/sft", "where the trained model is written (the stage's out)")
+    backtrack: BacktrackTokenParams = param(BacktrackTokenParams(), "the backtrack token")
+    mask_errors: bool = param(False, "also keep the error tokens out of the loss")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = param(
+        "auto", "attention kernel; auto lets transformers choose"
+    )
+    lora: LoraParams = param(LoraParams(), "LoRA adapter options")
+    launcher: LauncherParams = param(LauncherParams(), "how the trainer is started")
+
+
+@dataclass
+class RewardOptions:
+    """Options of one reward function (grpo.rewards.<name>)."""
+
+    answer_pattern: str = param(r"The answer is (-?[\d,]*\.?\d+)", "regex whose group 1 is the final answer")
+
+
+@dataclass
+class GrpoParams:
+    """params.yaml[grpo], besides GRPOConfig's own fields."""
+
+    model_name_or_path: str = param("models/sft", "the model GRPO starts from (the SFT stage's out)")
+    data_dir: str = param("data/prepared", "prepared data written by the prepare stage")
+    model_dir: str = param("models/grpo", "where the trained model is written (the stage's out)")
+    reward_funcs: list[str] = param(["accuracy", "format"], "reward functions by registry name")
+    rewards: dict[str, RewardOptions] = param({}, "per-reward options, keyed by reward name")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
+    lora: LoraParams = param(LoraParams(), "LoRA adapter options")
+    launcher: LauncherParams = param(LauncherParams(), "how the trainer is started")
+
+
+@dataclass
+class MergeParams:
+    """params.yaml[merge]."""
+
+    model_dir: str = param("models/grpo", "the trained model to merge (the GRPO stage's out)")
+    out_dir: str = param("models/merged", "the plain HF model folder written (the stage's out)")
+    dtype: Literal["float32", "bfloat16", "float16"] = param("float32", "dtype of the saved weights")
+
+
+@dataclass
+class EvalParams:
+    """params.yaml[eval]."""
+
+    model_name_or_path: str = param("models/merged", "the model to evaluate (the merge stage's out)")
+    data_dir: str = param("data/prepared", "prepared data; eval reads only its held-out set")
+    out_dir: str = param("eval", "predictions and per-example results (the stage's out)")
+    metrics_file: str = param("metrics/eval.json", "summary metrics DVC shows")
+    batch_size: int = param(64, "examples generated together (left padding)")
+    max_new_tokens: int = param(64, "longest completion")
+    do_sample: bool = param(False, "sample instead of greedy decoding")
+    temperature: float = param(1.0, "sampling temperature (with do_sample)")
+    top_p: float = param(1.0, "nucleus sampling mass (with do_sample)")
+    seed: int = param(0, "seed for sampling")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
+
+
+#: params.yaml section -> the class of its project keys.
+PROJECT_PARAMS: dict[str, type] = {
+    "prepare": PrepareParams,
+    "sft": SftParams,
+    "grpo": GrpoParams,
+    "merge": MergeParams,
+    "eval": EvalParams,
+}
