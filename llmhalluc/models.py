@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmhalluc.errors import ParamsError
+from llmhalluc.params.sections import BUILTIN_TINY  # noqa: F401  (re-exported: models own the name)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-BUILTIN_TINY = "builtin:tiny-qwen2"
 BUILTIN_PREFIX = "builtin:"
 
 BACKTRACK_TOKEN = "<|backtrack|>"
@@ -163,8 +163,9 @@ def build_tiny_model(
         pad_token_id=endoftext_id,
         dtype="float32",
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # seed the init without changing the caller's RNG state
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=endoftext_id, eos_token_id=im_end_id, pad_token_id=endoftext_id
     )

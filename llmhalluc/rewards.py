@@ -42,7 +42,9 @@ def reward(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., Rewar
     return register
 
 
-def build_rewards(names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: dict[str, Any]) -> list[RewardFn]:
+def build_rewards(
+    names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: dict[str, Any]
+) -> list[RewardFn]:
     """The reward functions named in params, in order. Names were checked by the params layer."""
     functions = []
     for name in names:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.datasets.records import read_jsonl  # noqa: E402
-from llmhalluc.params import Section, resolved, write_resolved  # noqa: E402
-from llmhalluc.stage import run_stage, staged_output  # noqa: E402
+from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.params import Section, resolved, write_resolved
+from llmhalluc.stage import run_stage, staged_output
 
 
 def main(section: Section) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.params import RESOLVED_FILE, Section, resolved, write_resolved  # noqa: E402
-from llmhalluc.stage import run_stage, staged_output  # noqa: E402
+from llmhalluc.params import RESOLVED_FILE, Section, resolved, write_resolved
+from llmhalluc.stage import run_stage, staged_output
 
 
 def main(section: Section) -> None:

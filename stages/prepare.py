@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.datasets import arithmetic  # noqa: E402
-from llmhalluc.datasets.records import chat_prompt, write_jsonl  # noqa: E402
-from llmhalluc.params import ParamsError, Section, resolved, write_resolved  # noqa: E402
-from llmhalluc.stage import run_stage, staged_output  # noqa: E402
+from llmhalluc.datasets import arithmetic
+from llmhalluc.datasets.records import chat_prompt, write_jsonl
+from llmhalluc.params import ParamsError, Section, resolved, write_resolved
+from llmhalluc.stage import run_stage, staged_output
 
 METRICS = Path("metrics/prepare.json")
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.datasets.records import read_jsonl  # noqa: E402
-from llmhalluc.params import Section, resolved, trl_config, write_resolved  # noqa: E402
-from llmhalluc.stage import run_stage, staged_output  # noqa: E402
-from llmhalluc.tracking import write_curve  # noqa: E402
+from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.params import Section, resolved, trl_config, write_resolved
+from llmhalluc.stage import run_stage, staged_output
+from llmhalluc.tracking import write_curve
 
 METRICS = Path("metrics/train_grpo.json")
 PLOT = Path("plots/train_grpo/reward.csv")

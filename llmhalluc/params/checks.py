@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.schema import nearest
@@ -69,7 +70,8 @@ def _grpo_batch(section: Section, problems: Problems) -> None:
     if generation_batch is None:
         steps = steps_per_generation if steps_per_generation is not None else accumulation
         generation_batch = global_batch * steps
-        source = f"{ctx} x {'steps_per_generation' if steps_per_generation is not None else 'gradient_accumulation_steps'}={steps}"
+        steps_key = "steps_per_generation" if steps_per_generation is not None else "gradient_accumulation_steps"
+        source = f"{ctx} x {steps_key}={steps}"
     else:
         source = "grpo.generation_batch_size"
         if generation_batch % global_batch:
@@ -111,6 +113,9 @@ def _launcher(section: Section, problems: Problems) -> None:
     elif launcher.kind == "python" and launcher.num_processes != 1:
         problems.append(f"{section.where('launcher', 'num_processes')}: {section.name}.launcher.num_processes: "
                         f"kind 'python' runs one process; got {launcher.num_processes}")
+    if section.trl.get("ddp_backend") is not None and launcher.num_processes == 1:
+        problems.append(f"{section.where('ddp_backend')}: {section.name}.ddp_backend: a process-group backend "
+                        "needs a distributed launch (launcher.num_processes > 1); leave it out for one process")
 
 
 def _lora(section: Section, problems: Problems) -> None:

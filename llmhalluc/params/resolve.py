@@ -43,8 +43,11 @@ def trl_config(section: Section):
     cls = getattr(trl, TRL_CONFIGS[section.name])
     try:
         return cls(**section.trl, **hardware_defaults(section))
-    except ValueError as exc:  # TRL's own __post_init__ checks: a backstop behind ours
+    except (ValueError, TypeError) as exc:  # TRL's own __post_init__ checks: a backstop behind ours
         raise ParamsError(f"{section.file.path}: {section.name}: TRL rejected the configuration: {exc}") from exc
+    except ImportError as exc:  # e.g. `deepspeed:` set without the package installed
+        raise ParamsError(f"{section.file.path}: {section.name}: a key needs a package that is not installed: "
+                          f"{exc}; see the `gpu` extra in pyproject.toml") from exc
 
 
 def _plain(value: Any) -> Any:

@@ -240,9 +240,12 @@ def coerce(t: Type, value: Any) -> Any:
                 return coerce(member, value)
             except Mismatch as exc:
                 errors.append((member, exc))
-        # A string against a closed set of values: the helpful message is the choice one.
+        # The helpful message is the member the value was clearly meant for: a string
+        # against a closed set of values, or a list / mapping whose item is wrong.
         for member, exc in errors:
             if member["t"] == "choice" and isinstance(value, str):
+                raise exc
+            if (member["t"], type(value)) in (("list", list), ("dict", dict)):
                 raise exc
     elif tag == "opaque":
         raise Mismatch(f"{t['name']} cannot be set from YAML; leave the key out")

@@ -14,7 +14,7 @@ from typing import Literal
 BUILTIN_TINY = "builtin:tiny-qwen2"
 
 
-def param(default, help: str, **kwargs):  # noqa: A002 - "help" is the word argparse and HF use
+def param(default, help: str, **kwargs):
     """A dataclass field with its one line of help; mutable defaults go through a factory."""
     if isinstance(default, (list, dict)) or hasattr(default, "__dataclass_fields__"):
         factory = default.copy if isinstance(default, (list, dict)) else type(default)

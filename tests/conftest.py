@@ -1,0 +1,32 @@
+"""Shared test setup: offline, a private schema cache, and helpers to write params files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("LLMHALLUC_CACHE_DIR", str(ROOT / ".pytest_cache" / "llmhalluc-schema"))
+
+
+@pytest.fixture
+def params_text() -> str:
+    """The repo's own params.yaml, which every test edit starts from."""
+    return (ROOT / "params.yaml").read_text()
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, f"test setup: {old!r} not in params.yaml"
+    return text.replace(old, new, 1)
+
+
+def run_stage_script(stage: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args],
+        cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=600,
+    )

@@ -1,0 +1,101 @@
+"""Each class of params error stops the stage with exit 2, a message naming the key path, and outs untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import edit, run_stage_script
+
+CASES = [
+    # (stage script, old text, new text, expected fragments of stderr)
+    ("train_grpo", "  num_generations: 4 ", "  num_generaitons: 4 ",
+     ["grpo.num_generaitons: unknown key", "did you mean grpo.num_generations"]),
+    ("train_grpo", "    r: 16                       # LoRA rank\n    alpha: 32                   # lora_alpha\n"
+     "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
+     "  launcher:\n    kind: python                # start the trainer in this process\n"
+     "    num_processes: 1            # processes (the",
+     "    rnak: 16\n    alpha: 32                   # lora_alpha\n"
+     "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
+     "  launcher:\n    kind: python                # start the trainer in this process\n"
+     "    num_processes: 1            # processes (the",
+     ["grpo.lora.rnak: unknown key", "grpo.lora.r"]),
+    ("train_grpo", "loss_type: dapo", "loss_type: foo", ["grpo.loss_type", "'foo' is not allowed", "'dr_grpo'"]),
+    ("train_grpo", "scale_rewards: group", "scale_rewards: foo", ["grpo.scale_rewards", "'batch'"]),
+    ("train_grpo", "  num_generations: 4 ", '  num_generations: "eight" ',
+     ["grpo.num_generations: expected int", "'eight'"]),
+    ("train_grpo", "  num_generations: 4 ", "  num_generations: 3 ",
+     ["grpo.num_generations: 3 does not divide the generation batch 8", "valid here: [2, 4, 8]"]),
+    ("train_grpo", "reward_weights: [1.0, 0.5]", "reward_weights: [1.0]",
+     ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
+    ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format]",
+     ["grpo.reward_funcs[0]: no reward named 'acuracy'", "did you mean 'accuracy'"]),
+    ("train_sft", "learning_rate: 0.003", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),
+    ("train_sft", "lr_scheduler_type: cosine", "lr_scheduler_type: cosin",
+     ["sft.lr_scheduler_type", "did you mean 'cosine'"]),
+    ("train_sft", "  max_steps: 300", "  max_steps: 300.5", ["sft.max_steps: expected int, got float 300.5"]),
+    ("train_sft", "  enabled: false              # true: train a LoRA adapter; false: all weights",
+     "  enabled: no", ["sft.lora.enabled: expected bool, got str 'no'"]),
+    ("prepare", "  sizes:\n    sft: 1500", "  sizes:\n    stf: 1500",
+     ["prepare.sizes.stf: unknown key", "prepare.sizes.sft"]),
+    ("train_grpo", "model_name_or_path: models/sft", "model_name_or_path: ./models/no-such-model",
+     ["grpo.model_name_or_path: path './models/no-such-model' does not exist"]),
+    ("eval", "batch_size: 64", "batch_size: 0", ["eval.batch_size: must be >= 1, got 0"]),
+]
+
+
+@pytest.mark.parametrize(("stage", "old", "new", "fragments"), CASES, ids=[c[3][0][:40] for c in CASES])
+def test_bad_params_exit_2_naming_the_key(tmp_path: Path, params_text: str, stage, old, new, fragments):
+    (tmp_path / "params.yaml").write_text(edit(params_text, old, new))
+    out = tmp_path / "models" / "grpo"
+    out.mkdir(parents=True)
+    (out / "model.safetensors").write_bytes(b"earlier output")
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "models" / "sft").mkdir(parents=True)
+    (tmp_path / "models" / "merged").mkdir(parents=True)
+
+    result = run_stage_script(stage, tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert "params.yaml:" in result.stderr  # file and line
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert (out / "model.safetensors").read_bytes() == b"earlier output"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path, params_text: str):
+    text = edit(params_text, "loss_type: dapo", "loss_type: foo")
+    text = edit(text, "  beta: 0.0 ", "  betta: 0.0 ")
+    (tmp_path / "params.yaml").write_text(text)
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run")
+    assert result.returncode == 2
+    assert "grpo.loss_type" in result.stderr and "grpo.betta: unknown key" in result.stderr
+
+
+def test_bf16_without_gpu_is_refused(tmp_path: Path, params_text: str):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so bf16 may be valid here")
+    text = edit(params_text, "  max_steps: 300", "  bf16: true\n  max_steps: 300")
+    (tmp_path / "params.yaml").write_text(text)
+    result = run_stage_script("train_sft", tmp_path, "--dry-run")
+    assert result.returncode == 2
+    assert "sft.bf16: true needs a GPU" in result.stderr
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path, params_text: str):
+    (tmp_path / "params.yaml").write_text(edit(params_text, "  beta: 0.0 ", "  beta: [0.0 "))
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run")
+    assert result.returncode == 2
+    assert "invalid YAML" in result.stderr and "params.yaml:" in result.stderr
+
+
+def test_missing_section(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("prepare: {}\n")
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run")
+    assert result.returncode == 2
+    assert "no section 'grpo'" in result.stderr
