@@ -23,3 +23,22 @@ def test_yes_is_a_string_and_lines_are_kept(tmp_path: Path):
     assert parsed.data == {"a": {"b": "yes", "c": 1e-06, "d": 7}}
     assert type(parsed.data["a"]["d"]) is int
     assert parsed.where(("a", "c")) == f"{tmp_path / 'p.yaml'}:3"
+
+
+def test_dry_run_prints_every_grpo_field(tmp_path: Path, params_text: str):
+    import dataclasses
+    import json
+
+    from trl import GRPOConfig
+
+    from tests.conftest import run_stage_script
+
+    (tmp_path / "params.yaml").write_text(edit(params_text, "learning_rate: 0.0001", "learning_rate: 1e-06"))
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    expected = {f.name for f in dataclasses.fields(GRPOConfig) if f.init and not f.name.startswith("_")}
+    assert expected <= set(printed)
+    assert printed["learning_rate"] == 1e-06 and printed["num_generations"] == 4
+    assert printed["reward_funcs"] == ["accuracy", "format"]  # project keys beside TRL's
+    assert not (tmp_path / "models").exists()  # a dry run writes nothing
