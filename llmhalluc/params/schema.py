@@ -124,12 +124,12 @@ def describe_dataclass(cls: type, nested_sections: bool = True) -> dict[str, Fie
         has_default, default = field_default(f)
         field_type = describe_type(hints[f.name], nested_sections)
         if "choices" in f.metadata:
-            field_type = _with_choices(field_type, list(f.metadata["choices"]))
+            field_type = with_choices(field_type, list(f.metadata["choices"]))
         specs[f.name] = FieldSpec(field_type, default, _first_line(f.metadata.get("help", "")), has_default)
     return specs
 
 
-def _with_choices(field_type: Type, values: list[Any]) -> Type:
+def with_choices(field_type: Type, values: list[Any]) -> Type:
     """Replace the free `str` in a type by a closed set of values."""
     choice = {"t": "choice", "values": values}
     if field_type["t"] == "str":

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from llmhalluc.params.schema import FieldSpec, Type, describe_dataclass
+from llmhalluc.params.schema import FieldSpec, describe_dataclass, with_choices
 
 #: The TRL config class behind each training section.
 TRL_CONFIGS = {"sft": "SFTConfig", "grpo": "GRPOConfig"}
@@ -97,7 +97,7 @@ def derive(config_cls: type) -> dict[str, FieldSpec]:
             continue
         values = documented_choices(owner.__doc__ or "", name, spec.default)
         if values:
-            specs[name] = FieldSpec(_close(spec.type, values), spec.default, spec.help, spec.has_default)
+            specs[name] = FieldSpec(with_choices(spec.type, values), spec.default, spec.help, spec.has_default)
     return specs
 
 
@@ -106,17 +106,6 @@ def _declaring_class(cls: type, name: str) -> type | None:
         if name in getattr(klass, "__annotations__", {}):
             return klass
     return None
-
-
-def _close(field_type: Type, values: list[Any]) -> Type:
-    """Swap the `str` of a field's type for the documented values."""
-    choice = {"t": "choice", "values": values}
-    if field_type["t"] == "str":
-        return choice
-    if field_type["t"] == "union" and any(m["t"] == "str" for m in field_type["of"]):
-        others = [m for m in field_type["of"] if m["t"] != "str"]
-        return {"t": "union", "of": [choice, *others]}
-    return field_type
 
 
 _QUOTED = r'`"([^"`]+)"`'
