@@ -1,66 +1,72 @@
-"""prepare: params.yaml[prepare] -> data/prepared/{sft,grpo,eval}.jsonl + metrics/prepare.json.
+"""prepare: params.yaml[prepare] + configs/datasets.yaml -> data/prepared/{sft,grpo,eval}.jsonl + metrics/prepare.json.
 
-The three sets are drawn from one seeded stream in a fixed order and checked
-disjoint by question, so eval never sees a training problem.
+Reads top to bottom: registry, sources to canonical records, held-out split,
+backtrack augmentation of SFT, prompts, then one atomic write (a failure leaves
+the previous data/prepared as it was).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.datasets import arithmetic
+from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.records import chat_prompt, write_jsonl
-from llmhalluc.params import ParamsError, Section, resolved, write_resolved
+from llmhalluc.datasets.registry import load_registry
+from llmhalluc.datasets.splits import Drops, entry_rng, load_entry, split
+from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage, staged_output
 
 METRICS = Path("metrics/prepare.json")
+META_FILE = "meta.json"
 
 
 def main(section: Section) -> None:
     p = section.project
-    rng = random.Random(p.seed)
-    # Draw all problems from one stream, drop repeats, then split: held-out eval is disjoint by construction.
-    wanted = p.sizes.sft + p.sizes.grpo + p.sizes.eval
-    pool, seen = [], set()
-    for attempt in range(20):
-        for record in arithmetic.generate(wanted, p.arithmetic, rng, prefix=f"a{attempt}"):
-            if record.question not in seen:
-                seen.add(record.question)
-                pool.append(record)
-        if len(pool) >= wanted:
-            break
-    if len(pool) < wanted:
-        raise ParamsError(
-            f"{section.where('sizes')}: prepare.sizes: {wanted} distinct problems wanted but prepare.arithmetic "
-            f"yields only {len(pool)}; raise prepare.arithmetic.max_operand or max_steps, or lower prepare.sizes"
-        )
-    rng.shuffle(pool)
-    splits = {
-        "eval": pool[: p.sizes.eval],
-        "grpo": pool[p.sizes.eval : p.sizes.eval + p.sizes.grpo],
-        "sft": pool[p.sizes.eval + p.sizes.grpo : wanted],
-    }
-    arithmetic.add_errors(splits["sft"], p.backtrack, rng)
-    for records in splits.values():
-        for record in records:
+    registry, registry_file = load_registry(p.registry)
+
+    # Each entry once, on its own seeded stream; a generator makes as many rows as its sets can take.
+    drops = Drops()
+    records = {}
+    for name in dict.fromkeys([*p.train, *p.eval]):
+        wanted = (p.sizes.sft + p.sizes.grpo if name in p.train else 0) + (p.sizes.eval if name in p.eval else 0)
+        records[name] = load_entry(name, registry[name], p, wanted, registry_file, drops)
+    sets = split({n: records[n] for n in p.train}, {n: records[n] for n in p.eval}, p)
+
+    add_errors(sets.sft, p.backtrack, entry_rng(p.seed, "sft", "augment"))
+    every = {"sft": sets.sft, "grpo": sets.grpo, "eval": sets.eval}
+    for rows in every.values():
+        for record in rows:
             record.prompt = chat_prompt(record.question, p.system_prompt)
 
+    stats = _stats(every, drops)
+    meta = {"abstain_answer": p.abstain_answer,
+            "sources": {name: registry[name].source.describe() for name in records}}
     with staged_output(p.out_dir) as staging:
-        for name, records in splits.items():
-            write_jsonl(records, staging / f"{name}.jsonl")
+        for name, rows in every.items():
+            write_jsonl(rows, staging / f"{name}.jsonl")
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         write_resolved(resolved(section), staging)
-
-    stats = {name: len(records) for name, records in splits.items()}
-    stats["sft_with_errors"] = sum(1 for r in splits["sft"] if r.errors)
-    stats["mean_steps"] = round(sum(len(r.steps) for r in pool[:wanted]) / wanted, 4)
     METRICS.parent.mkdir(parents=True, exist_ok=True)
     METRICS.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    print(f"prepare: {stats}")
+    print(f"prepare: {json.dumps(stats, sort_keys=True)}")
+
+
+def _stats(sets: dict, drops: Drops) -> dict:
+    sft = sets["sft"]
+    augmented = [r for r in sft if r.errors]
+    return {
+        "rows": {name: len(rows) for name, rows in sets.items()},
+        "augmented_fraction": round(len(augmented) / len(sft), 4),
+        "mean_errors_per_example": round(sum(len(r.errors) for r in sft) / len(sft), 4),
+        "answerable_fraction": {name: round(sum(r.answerable for r in rows) / len(rows), 4)
+                                for name, rows in sets.items()},
+        "mean_steps": round(sum(len(r.steps) for r in sft) / len(sft), 4),
+        "dropped": drops.as_dict(),
+    }
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
 """The embedded default task: seeded multi-step arithmetic word problems.
 
-Small steps ("7 - 2 = 5.") so that a tiny model on a CPU can learn them, and a
-near-miss value for each step so augmentation can insert a *plausible* mistake.
+Small steps ("7 - 2 = 5.") so that a tiny model on a CPU can learn them. The
+generator is a registry source (`source: {builtin: arithmetic}`) yielding raw
+rows like any file would; the `arithmetic` converter re-checks every chain.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterator
+from typing import Any
 
-from llmhalluc.datasets.records import Error, Record
-from llmhalluc.params.sections import ArithmeticParams, BacktrackAugmentParams
+from llmhalluc.params.sections import ArithmeticParams
+
+_STEP = re.compile(r"^(-?\d+) ([+-]) (\d+) = (-?\d+)\.$")
 
 
-def generate(count: int, params: ArithmeticParams, rng: random.Random, prefix: str) -> list[Record]:
-    """`count` problems; the same rng state gives the same problems."""
-    records = []
-    for index in range(count):
+def generate(params: ArithmeticParams, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """An endless stream of problems as raw rows (question, steps, answer); the same rng state repeats it."""
+    index = 0
+    while True:
         steps_count = rng.randint(params.min_steps, params.max_steps)
         value = rng.randint(1, params.max_operand)
         words = [f"Start with {value}."]
@@ -27,29 +32,23 @@ def generate(count: int, params: ArithmeticParams, rng: random.Random, prefix: s
             words.append(f"{'Subtract' if subtract else 'Add'} {operand}.")
             steps.append(f"{value} {'-' if subtract else '+'} {operand} = {result}.")
             value = result
-        question = " ".join(words) + " What is the result?"
-        records.append(Record(id=f"{prefix}-{index}", question=question, steps=steps, answer=str(value)))
-    return records
+        yield {"id": index, "question": " ".join(words) + " What is the result?", "steps": steps, "answer": str(value)}
+        index += 1
 
 
-def add_errors(records: list[Record], params: BacktrackAugmentParams, rng: random.Random) -> None:
-    """Give a share (error_rate) of records errors at step boundaries, in place.
-
-    A plausible error is the first step's statement with a near-miss result
-    ("3 + 4 = 8."); a random one is a few random digits and symbols.
-    """
-    for record in records:
-        if not record.steps or rng.random() >= params.error_rate:
-            continue
-        for _ in range(params.errors_per_example):
-            step = rng.randrange(len(record.steps))
-            record.errors.append(Error(step=step, text=_wrong(record.steps[step], params.error_kind, rng)))
-        record.errors.sort(key=lambda e: e.step)
-
-
-def _wrong(step: str, kind: str, rng: random.Random) -> str:
-    if kind == "random":
-        return "".join(rng.choice("0123456789+-= ") for _ in range(rng.randint(2, 6))).strip() or "0"
-    left, _, result = step.rstrip(".").rpartition("= ")
-    wrong = int(result) + rng.choice([-2, -1, 1, 2])
-    return f"{left}= {wrong}."
+def check_chain(steps: list[str], answer: str) -> str | None:
+    """None when every step is correct arithmetic, follows from the previous result, and ends at answer."""
+    previous = None
+    for number, step in enumerate(steps, start=1):
+        match = _STEP.match(step)
+        if not match:
+            return f"step {number} {step!r} is not of the form 'a + b = c.'"
+        left, op, right, result = int(match[1]), match[2], int(match[3]), int(match[4])
+        if (left + right if op == "+" else left - right) != result:
+            return f"step {number} {step!r} is wrong arithmetic"
+        if previous is not None and left != previous:
+            return f"step {number} {step!r} does not start from the previous result {previous}"
+        previous = result
+    if previous is None or str(previous) != answer:
+        return f"the chain ends at {previous}, not at the answer {answer}"
+    return None

@@ -32,10 +32,24 @@ class Record:
     errors: list[Error] = field(default_factory=list)
     #: Chat messages before the answer, rendered once by prepare so SFT, GRPO and eval share them.
     prompt: list[dict[str, str]] = field(default_factory=list)
+    #: The registry entry the record came from.
+    source: str = ""
+
+    def answer_sentence(self) -> str:
+        """The closing sentence every solution ends with, and the one rewards and eval extract from."""
+        return answer_sentence(self.answer)
+
+    def segments(self) -> list[str]:
+        """The solution as the units errors are inserted between: the steps, then the answer sentence."""
+        return [*self.steps, self.answer_sentence()]
 
     def solution(self) -> str:
         """The clean target text: the steps, then the answer sentence the rewards look for."""
-        return " ".join([*self.steps, f"The answer is {self.answer}."])
+        return " ".join(self.segments())
+
+
+def answer_sentence(answer: str) -> str:
+    return f"The answer is {answer}."
 
 
 def chat_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:

@@ -167,6 +167,28 @@ def _prepare(section: Section, problems: Problems) -> None:
                         f"must be in [0, 1], got {p.backtrack.error_rate}")
 
 
+def _prepare_datasets(section: Section, problems: Problems) -> None:
+    """The registry parses and every name picked in prepare.train / prepare.eval is an entry of it."""
+    from llmhalluc.datasets.registry import load_registry
+
+    p = section.project
+    try:
+        entries, registry = load_registry(p.registry)
+    except ParamsError as exc:
+        problems.extend(exc.problems)
+        return
+    for key in ("train", "eval"):
+        names = getattr(p, key)
+        if not names:
+            problems.append(f"{section.where(key)}: prepare.{key}: name at least one entry of {registry.path}")
+        for index, name in enumerate(names):
+            if name not in entries:
+                close = nearest(name, entries)
+                hint = f"did you mean {' or '.join(close)}? " if close else ""
+                problems.append(f"{section.where(key, index)}: prepare.{key}: unknown dataset {name!r} "
+                                f"({hint}entries of {registry.path}: {', '.join(entries)})")
+
+
 def _eval_sampling(section: Section, problems: Problems) -> None:
     p = section.project
     if p.temperature <= 0:
@@ -178,7 +200,9 @@ def _eval_sampling(section: Section, problems: Problems) -> None:
 _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
     "prepare": [
         _prepare,
-        _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand"),
+        _prepare_datasets,
+        _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand",
+                  "backtrack.errors_per_example"),
     ],
     "sft": [_launcher, _lora, _output_dirs, _tiny_model,
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],

@@ -76,6 +76,22 @@ def load_section(name: str, params_path: str | Path = DEFAULT_PARAMS, *, for_run
     return section
 
 
+def check_dataclass(cls: type, data: Any, key_path: KeyPath, file: ParamsFile) -> Any:
+    """Validate a mapping from any YAML file against a params class and build it, or raise every problem.
+
+    The dataset registry (configs/datasets.yaml) goes through this too, so its
+    entries get the same unknown-key suggestions and file:line as params.yaml.
+    """
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        dotted = ".".join(map(str, key_path))
+        raise ParamsError(f"{file.where(key_path)}: {dotted}: expected a mapping of keys, got {type(data).__name__}")
+    values = _check_mapping(describe_dataclass(cls), data, key_path, file, problems)
+    if problems:
+        raise ParamsError(problems)
+    return _build(cls, values)
+
+
 def _check_mapping(
     fields: dict[str, FieldSpec], data: dict[str, Any], path: KeyPath, file: ParamsFile, problems: list[str]
 ) -> dict[str, Any]:

@@ -56,7 +56,13 @@ class PrepareParams:
 
     seed: int = param(0, "seed for generation, sampling and augmentation")
     out_dir: str = param("data/prepared", "where the prepared sets are written (the stage's out)")
-    sizes: SplitSizes = param(SplitSizes(), "number of examples per prepared set")
+    registry: str = param("configs/datasets.yaml", "the dataset registry the names below refer to")
+    train: list[str] = param(["arithmetic"], "registry entries the SFT and GRPO sets are drawn from")
+    eval: list[str] = param(["arithmetic"], "registry entries the eval set is drawn from (held out from train)")
+    sizes: SplitSizes = param(SplitSizes(), "most examples per prepared set (fewer if the sources run out)")
+    abstain_answer: str = param("unanswerable", "the answer of a question that cannot be answered")
+    on_bad_row: Literal["error", "skip"] = param("error", "a row that cannot be converted stops prepare, or is "
+                                                 "dropped and counted in the stats")
     arithmetic: ArithmeticParams = param(ArithmeticParams(), "options of the built-in arithmetic generator")
     backtrack: BacktrackAugmentParams = param(BacktrackAugmentParams(), "backtrack augmentation of SFT data")
     system_prompt: str = param("Solve the problem step by step.", "system message shared by SFT, GRPO and eval")
