@@ -37,7 +37,7 @@ CASES = [
     ("train_sft", "  max_steps: 300", "  max_steps: 300.5", ["sft.max_steps: expected int, got float 300.5"]),
     ("train_sft", "  enabled: false              # true: train a LoRA adapter; false: all weights",
      "  enabled: no", ["sft.lora.enabled: expected bool, got str 'no'"]),
-    ("prepare", "  sizes:\n    sft: 1500", "  sizes:\n    stf: 1500",
+    ("prepare", "    sft: 1500 ", "    stf: 1500 ",
      ["prepare.sizes.stf: unknown key", "prepare.sizes.sft"]),
     ("train_grpo", "model_name_or_path: models/sft", "model_name_or_path: ./models/no-such-model",
      ["grpo.model_name_or_path: path './models/no-such-model' does not exist"]),

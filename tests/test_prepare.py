@@ -1,0 +1,309 @@
+"""prepare: registry, converters on real dataset formats, splits without leakage, bad data, stats.
+
+Each test runs the stage script in a temporary folder holding a params.yaml
+(the repo's, edited), the repo's registry plus test entries, and fixture rows
+written in the real GSM8K / SQuAD v2 formats.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, edit, run_stage_script
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+EXTRA_ENTRIES = """
+gsm8k_local:
+  source: {path: data/raw/gsm8k_sample.jsonl}
+  converter: gsm8k
+squad_local:
+  source: {path: data/raw/squad_v2_sample.jsonl}
+  converter: squad_v2
+  prompt: "Context: {context}\\n\\nQuestion: {question}"
+"""
+
+
+def workspace(tmp_path: Path, params: str, registry_extra: str = EXTRA_ENTRIES) -> Path:
+    (tmp_path / "configs").mkdir(parents=True)
+    (tmp_path / "configs" / "datasets.yaml").write_text((ROOT / "configs" / "datasets.yaml").read_text()
+                                                        + registry_extra)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    for fixture in FIXTURES.glob("*.jsonl"):
+        shutil.copy(fixture, tmp_path / "data" / "raw" / fixture.name)
+    (tmp_path / "params.yaml").write_text(params)
+    return tmp_path
+
+
+def small(params: str, sft: int = 60, grpo: int = 10, eval_: int = 20) -> str:
+    params = edit(params, "    sft: 1500 ", f"    sft: {sft} ")
+    params = edit(params, "    grpo: 128 ", f"    grpo: {grpo} ")
+    return edit(params, "    eval: 200 ", f"    eval: {eval_} ")
+
+
+def prepared(work: Path, name: str) -> list[dict]:
+    lines = (work / "data" / "prepared" / f"{name}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def run_ok(work: Path) -> dict:
+    result = run_stage_script("prepare", work)
+    assert result.returncode == 0, result.stderr
+    return json.loads((work / "metrics" / "prepare.json").read_text())
+
+
+def test_default_sets_are_disjoint_deterministic_and_load_with_datasets(tmp_path: Path, params_text: str):
+    from datasets import load_dataset
+
+    work = workspace(tmp_path, small(params_text))
+    stats = run_ok(work)
+    assert stats["rows"] == {"sft": 60, "grpo": 10, "eval": 20}
+    sets = {name: prepared(work, name) for name in ("sft", "grpo", "eval")}
+    questions = {name: {r["question"] for r in rows} for name, rows in sets.items()}
+    assert not questions["eval"] & (questions["sft"] | questions["grpo"])
+    assert not questions["sft"] & questions["grpo"]
+    first = (work / "data" / "prepared" / "sft.jsonl").read_bytes()
+    run_ok(work)
+    assert (work / "data" / "prepared" / "sft.jsonl").read_bytes() == first
+    loaded = load_dataset("json", data_files=str(work / "data" / "prepared" / "eval.jsonl"), split="train")
+    assert len(loaded) == 20 and loaded[0]["prompt"][-1]["role"] == "user"
+
+    (work / "params.yaml").write_text(small(edit(params_text, "  seed: 0 ", "  seed: 1 ")))
+    run_ok(work)
+    assert (work / "data" / "prepared" / "sft.jsonl").read_bytes() != first
+
+
+def test_every_generated_chain_is_correct_arithmetic():
+    import random
+
+    from llmhalluc.datasets import arithmetic
+    from llmhalluc.params.sections import ArithmeticParams
+
+    params = ArithmeticParams(min_steps=1, max_steps=4, max_operand=30, allow_negative=True)
+    stream = arithmetic.generate(params, random.Random(7))
+    rows = [next(stream) for _ in range(500)]
+    again = arithmetic.generate(params, random.Random(7))
+    assert rows == [next(again) for _ in range(500)]
+    for row in rows:
+        # Recompute each chain independently of the converter's own check.
+        numbers = [int(n) for n in re.findall(r"-?\d+", row["question"])]
+        value = numbers[0]
+        ops = re.findall(r"(Add|Subtract) (\d+)", row["question"])
+        assert len(ops) == len(row["steps"]) and 1 <= len(ops) <= 4
+        for (op, operand), step in zip(ops, row["steps"], strict=True):
+            new = value + int(operand) if op == "Add" else value - int(operand)
+            assert step == f"{value} {'+' if op == 'Add' else '-'} {operand} = {new}."
+            value = new
+        assert row["answer"] == str(value)
+        assert arithmetic.check_chain(row["steps"], row["answer"]) is None
+    assert arithmetic.check_chain(["1 + 2 = 4."], "4") is not None
+    assert arithmetic.check_chain(["1 + 2 = 3.", "4 + 1 = 5."], "5") is not None
+
+
+def test_gsm8k_local_file_answers_are_the_number_after_hashes(tmp_path: Path, params_text: str):
+    params = small(params_text, sft=5, grpo=1, eval_=2)
+    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
+    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_local] ")
+    work = workspace(tmp_path, params)
+    stats = run_ok(work)
+    assert stats["rows"] == {"sft": 5, "grpo": 1, "eval": 2}  # 8 rows: eval's slice first, the rest to train
+    raw = {json.loads(line)["question"]: json.loads(line)["answer"]
+           for line in (FIXTURES / "gsm8k_sample.jsonl").read_text().splitlines()}
+    records = [r for name in ("sft", "grpo", "eval") for r in prepared(work, name)]
+    assert len(records) == 8
+    for record in records:
+        final = raw[record["question"]].rpartition("####")[2].strip().rstrip(".").replace(",", "")
+        assert record["answer"] == (final.rstrip("0") if "." in final else final)
+        assert not any("<<" in step or ">>" in step for step in record["steps"])
+        assert record["steps"] and record["answerable"]
+    by_question = {r["question"]: r for r in records}
+    natalia = next(r for q, r in by_question.items() if q.startswith("Natalia"))
+    assert natalia["steps"] == ["Natalia sold 48/2 = 24 clips in May.",
+                                "Natalia sold 48+24 = 72 clips altogether in April and May."]
+    assert {r["answer"] for r in records} >= {"1080", "-3", "2.5", "6", "1265"}
+
+
+def test_squad_v2_unanswerable_questions_get_the_abstain_answer(tmp_path: Path, params_text: str):
+    params = small(params_text, sft=3, grpo=1, eval_=2)
+    params = edit(params, "  train: [arithmetic] ", "  train: [squad_local] ")
+    params = edit(params, "  eval: [arithmetic] ", "  eval: [squad_local] ")
+    params = edit(params, "  abstain_answer: unanswerable ", "  abstain_answer: cannot be answered ")
+    work = workspace(tmp_path, params)
+    stats = run_ok(work)
+    records = [r for name in ("sft", "grpo", "eval") for r in prepared(work, name)]
+    unanswerable = [r for r in records if not r["answerable"]]
+    assert len(unanswerable) == 3 and all(r["answer"] == "cannot be answered" for r in unanswerable)
+    assert {r["answer"] for r in records if r["answerable"]} == {"France", "10th and 11th centuries",
+                                                                  "Computational complexity theory"}
+    assert all(r["question"].startswith("Context: ") and "\n\nQuestion: " in r["question"] for r in records)
+    assert all(r["steps"] == [] for r in records)
+    total = sum(stats["rows"].values())
+    assert total == 6
+    meta = json.loads((work / "data" / "prepared" / "meta.json").read_text())
+    assert meta["abstain_answer"] == "cannot be answered"
+
+
+def test_generic_csv_through_column_mapping(tmp_path: Path, params_text: str):
+    registry = EXTRA_ENTRIES + """
+my_qa:
+  source: {path: data/raw/qa.csv}
+  converter: generic
+  columns: {question: prompt_text, answer: gold, id: key}
+  prompt: "Q: {question}"
+"""
+    params = small(params_text, sft=4, grpo=1, eval_=1)
+    params = edit(params, "  train: [arithmetic] ", "  train: [my_qa] ")
+    params = edit(params, "  eval: [arithmetic] ", "  eval: [my_qa] ")
+    work = workspace(tmp_path, params, registry)
+    rows = ["key,prompt_text,gold"] + [f"k{i},What is {i} plus {i}?,\"{2 * i:,}\"" for i in range(600, 606)]
+    (work / "data" / "raw" / "qa.csv").write_text("\n".join(rows) + "\n")
+    run_ok(work)
+    records = [r for name in ("sft", "grpo", "eval") for r in prepared(work, name)]
+    assert {r["id"] for r in records} == {f"my_qa-k{i}" for i in range(600, 606)}
+    assert all(r["question"].startswith("Q: What is ") for r in records)
+    assert {r["answer"] for r in records} == {str(2 * i) for i in range(600, 606)}
+
+
+def test_augmentation_rate_and_plausible_errors(tmp_path: Path, params_text: str):
+    params = small(edit(params_text, "    error_rate: 0.0 ", "    error_rate: 0.5 "), sft=400)
+    work = workspace(tmp_path, params)
+    stats = run_ok(work)
+    sft = prepared(work, "sft")
+    share = sum(bool(r["errors"]) for r in sft) / len(sft)
+    assert 0.4 < share < 0.6 and stats["augmented_fraction"] == round(share, 4)
+    for record in sft:
+        segments = [*record["steps"], f"The answer is {record['answer']}."]
+        for error in record["errors"]:
+            correct = segments[error["step"]]
+            assert error["text"] != correct
+            # plausible: the same statement with a near-miss number
+            assert re.sub(r"-?\d+", "N", error["text"]) == re.sub(r"-?\d+", "N", correct)
+    assert all(not r["errors"] for r in prepared(work, "grpo") + prepared(work, "eval"))
+
+    (work / "params.yaml").write_text(small(params_text, sft=400))
+    run_ok(work)
+    baseline = prepared(work, "sft")
+    assert [r["id"] for r in baseline] == [r["id"] for r in sft]  # error_rate 0: the same examples, error-free
+    assert not any(r["errors"] for r in baseline)
+
+
+def test_leakage_between_two_sources_is_an_error(tmp_path: Path, params_text: str):
+    registry = EXTRA_ENTRIES + """
+gsm8k_copy:
+  source: {path: data/raw/gsm8k_copy.jsonl}
+  converter: gsm8k
+"""
+    params = small(params_text, sft=7, grpo=1, eval_=2)
+    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
+    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_copy] ")
+    work = workspace(tmp_path, params, registry)
+    # The same problem with different case and spacing is still the same problem.
+    line = json.loads((FIXTURES / "gsm8k_sample.jsonl").read_text().splitlines()[0])
+    line["question"] = "  " + line["question"].upper()
+    (work / "data" / "raw" / "gsm8k_copy.jsonl").write_text(json.dumps(line) + "\n")
+    result = run_stage_script("prepare", work)
+    assert result.returncode == 3
+    assert "appear in both train and eval" in result.stderr and "gsm8k_local-" in result.stderr
+    assert not (work / "data" / "prepared").exists()
+
+
+BAD_GSM8K = [
+    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n{"question": "oops", \n', "gsm8k_sample.jsonl:2",
+     "malformed JSON", "malformed_row"),
+    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n{"question": "No total?", "answer": "It is 5."}\n',
+     "gsm8k_sample.jsonl:2", "no final '#### <number>' line", "no_final_answer"),
+    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n'
+     '{"id": "q-77", "question": "Which?", "answer": "It is blue.\\n#### blue"}\n',
+     "gsm8k_sample.jsonl:2", "record q-77", "answer_not_a_number"),
+    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n{"question": "No answer key"}\n',
+     "gsm8k_sample.jsonl:2", "missing column 'answer'", "missing_column"),
+]
+
+
+@pytest.mark.parametrize(("content", "where", "message", "kind"), BAD_GSM8K)
+def test_bad_rows_name_file_line_and_converter_and_skip_counts_them(
+    tmp_path: Path, params_text: str, content: str, where: str, message: str, kind: str
+):
+    params = small(params_text, sft=1, grpo=1, eval_=1)
+    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local, arithmetic] ")
+    work = workspace(tmp_path, params)
+    run_ok(work)
+    before = (work / "data" / "prepared" / "sft.jsonl").read_bytes()
+    (work / "data" / "raw" / "gsm8k_sample.jsonl").write_text(content)
+    result = run_stage_script("prepare", work)
+    assert result.returncode == 3, result.stderr
+    assert where in result.stderr and message in result.stderr and "converter gsm8k" in result.stderr
+    assert "prepare.on_bad_row: skip" in result.stderr
+    assert (work / "data" / "prepared" / "sft.jsonl").read_bytes() == before  # earlier outs intact
+
+    (work / "params.yaml").write_text(edit(params, "  on_bad_row: error ", "  on_bad_row: skip "))
+    stats = run_ok(work)
+    assert stats["dropped"] == {"total": 1, f"gsm8k_local/{kind}": 1}
+
+
+def test_source_level_data_errors(tmp_path: Path, params_text: str):
+    params = small(params_text, sft=1, grpo=1, eval_=1)
+    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
+    work = workspace(tmp_path, params)
+    (work / "data" / "raw" / "gsm8k_sample.jsonl").write_text("\n")
+    result = run_stage_script("prepare", work)
+    assert result.returncode == 3 and "data/raw/gsm8k_sample.jsonl: empty source" in result.stderr
+
+    # No row has the column at all: the registry needs a mapping, not a row fix.
+    (work / "data" / "raw" / "gsm8k_sample.jsonl").write_text('{"problem": "1+1?", "answer": "#### 2"}\n')
+    result = run_stage_script("prepare", work)
+    assert result.returncode == 3
+    assert "missing column 'question' that converter gsm8k needs (columns: answer, problem)" in result.stderr
+    assert "columns: {question: <column>}" in result.stderr
+
+
+def test_registry_and_dataset_names_are_params_errors(tmp_path: Path, params_text: str):
+    registry = EXTRA_ENTRIES + """
+broken:
+  source: {path: data/raw/gsm8k_sample.jsonl, hub: openai/gsm8k}
+  converter: gsm8kk
+  prompt: "{question} {answer}"
+mapped:
+  source: {path: data/raw/gsm8k_sample.jsonl}
+  converter: gsm8k
+  colums: {question: problem}
+"""
+    work = workspace(tmp_path, params_text, registry)
+    result = run_stage_script("prepare", work, "--dry-run")
+    assert result.returncode == 2
+    lines = (work / "configs" / "datasets.yaml").read_text().splitlines()
+    line_of = {key: next(i for i, text in enumerate(lines, 1) if text.strip().startswith(key))
+               for key in ("converter: gsm8kk", "colums:")}
+    assert f"datasets.yaml:{line_of['converter: gsm8kk']}: broken.converter: unknown converter 'gsm8kk' " \
+           "(did you mean gsm8k?" in result.stderr
+    assert "broken.source: give exactly one of hub, path, builtin (got hub, path)" in result.stderr
+    assert "broken.prompt: unknown placeholder {answer}" in result.stderr
+    assert f"datasets.yaml:{line_of['colums:']}: mapped.colums: unknown key (did you mean mapped.columns?)" \
+        in result.stderr
+
+    work2 = workspace(tmp_path / "two", edit(params_text, "  eval: [arithmetic] ", "  eval: [gsm8k_tset] "))
+    result = run_stage_script("prepare", work2, "--dry-run")
+    assert result.returncode == 2
+    line = 1 + params_text.splitlines().index(next(t for t in params_text.splitlines() if t.startswith("  eval: [")))
+    assert f"params.yaml:{line}: prepare.eval: unknown dataset 'gsm8k_tset' (did you mean gsm8k_test " in result.stderr
+
+
+def test_mapped_column_missing_from_source_is_a_params_error(tmp_path: Path, params_text: str):
+    registry = EXTRA_ENTRIES + """
+mapped:
+  source: {path: data/raw/gsm8k_sample.jsonl}
+  converter: gsm8k
+  columns: {question: problem}
+"""
+    params = small(params_text, sft=1, grpo=1, eval_=1)
+    params = edit(params, "  train: [arithmetic] ", "  train: [mapped] ")
+    work = workspace(tmp_path, params, registry)
+    result = run_stage_script("prepare", work)
+    assert result.returncode == 2
+    assert "mapped.columns.question: column 'problem' is not in data/raw/gsm8k_sample.jsonl (columns: answer, " \
+           "question)" in result.stderr
