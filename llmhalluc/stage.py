@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc.errors import UserError
+from llmhalluc.launcher import is_main_process, launch, needs_launch, rank, world_size
 from llmhalluc.params import Section, load_section
 
 
@@ -36,6 +37,11 @@ def run_stage(name: str, work: Callable[[Section], Any], resolve: Callable[[Sect
             json.dump(resolve(section), sys.stdout, indent=2, sort_keys=True)
             sys.stdout.write("\n")
             return
+        launcher = getattr(section.project, "launcher", None)
+        if launcher is not None and needs_launch(launcher):
+            sys.exit(launch(name, launcher, sys.argv[0], ["--params", args.params]))
+        if world_size() > 1:
+            print(f"{name}: rank {rank()} of world size {world_size()}", flush=True)
         work(section)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -58,6 +64,10 @@ def staged_output(out_dir: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if not is_main_process():
+        # Other ranks take part in collective saves (ZeRO-3 gathers weights) but publish nothing.
+        shutil.rmtree(staging, ignore_errors=True)
+        return
     old = out.with_name(f".{out.name}.old")
     if old.exists():
         shutil.rmtree(old)

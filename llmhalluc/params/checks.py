@@ -116,6 +116,49 @@ def _launcher(section: Section, problems: Problems) -> None:
     if section.trl.get("ddp_backend") is not None and launcher.num_processes == 1:
         problems.append(f"{section.where('ddp_backend')}: {section.name}.ddp_backend: a process-group backend "
                         "needs a distributed launch (launcher.num_processes > 1); leave it out for one process")
+    key = f"{section.name}.launcher"
+    if launcher.kind == "python":
+        for unused in ("config_file", "main_process_port"):
+            if getattr(launcher, unused) is not None:
+                problems.append(f"{section.where('launcher', unused)}: {key}.{unused}: read only with "
+                                f"launcher.kind: accelerate (kind is python); remove it or set kind: accelerate")
+        return
+    if launcher.main_process_port is not None and not 1024 <= launcher.main_process_port <= 65535:
+        problems.append(f"{section.where('launcher', 'main_process_port')}: {key}.main_process_port: must be in "
+                        f"1024..65535, got {launcher.main_process_port}")
+    problems.extend(_accelerate_config(section))
+
+
+def _accelerate_config(section: Section) -> Problems:
+    """The accelerate config exists, and what it asks for (DeepSpeed, FSDP, GPUs) is installed and present."""
+    import importlib.util
+
+    from ruamel.yaml.error import YAMLError
+
+    from llmhalluc.launcher import read_accelerate_config
+
+    launcher = section.project.launcher
+    where = f"{section.where('launcher', 'config_file')}: {section.name}.launcher.config_file"
+    shipped = ", ".join(sorted(str(f) for f in Path("configs/accelerate").glob("*.yaml")))
+    if launcher.config_file is None:
+        return [f"{section.where('launcher', 'kind')}: {section.name}.launcher.kind: accelerate needs "
+                f"launcher.config_file (shipped: {shipped})"]
+    if not Path(launcher.config_file).is_file():
+        return [f"{where}: no such file {launcher.config_file!r} (shipped: {shipped})"]
+    try:
+        config = read_accelerate_config(launcher.config_file)
+    except (YAMLError, OSError) as exc:
+        return [f"{where}: {launcher.config_file} is not valid YAML ({exc})"]
+    kind = str(config.get("distributed_type", "NO"))
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        return [f"{where}: {launcher.config_file} uses DeepSpeed, which is not installed (pip install -e '.[gpu]')"]
+    if kind in ("DEEPSPEED", "FSDP"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return [f"{where}: {launcher.config_file} ({kind}) needs CUDA GPUs and this machine has none; "
+                    "for CPU processes use configs/accelerate/cpu_2proc.yaml"]
+    return []
 
 
 def _lora(section: Section, problems: Problems) -> None:

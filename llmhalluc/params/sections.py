@@ -95,8 +95,10 @@ class LoraParams:
 class LauncherParams:
     """How the stage's training process starts."""
 
-    kind: Literal["python"] = param("python", "start the trainer in this process")
-    num_processes: int = param(1, "processes the trainer runs on (GRPO batch checks use it)")
+    kind: Literal["python", "accelerate"] = param("python", "python: this process | accelerate: accelerate launch")
+    num_processes: int = param(1, "processes the trainer runs on, all machines together (GRPO batch checks use it)")
+    config_file: str | None = param(None, "accelerate config for kind accelerate (configs/accelerate/*.yaml)")
+    main_process_port: int | None = param(None, "rendezvous port; unset: a free port, so parallel runs never clash")
 
 
 @dataclass
