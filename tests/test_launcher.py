@@ -68,3 +68,15 @@ def test_deepspeed_config_without_deepspeed_is_a_params_error(tmp_path: Path, pa
     result = run_stage_script("train_sft", tmp_path, "--dry-run")
     assert result.returncode == 2
     assert "uses DeepSpeed, which is not installed (pip install -e '.[gpu]')" in result.stderr
+
+
+def test_vllm_rollouts_without_vllm_or_gpu_are_a_params_error(tmp_path: Path, params_text: str):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    line = "  log_completions: false"
+    (tmp_path / "params.yaml").write_text(edit(params_text, line, "  use_vllm: true\n  vllm_mode: colocate\n" + line))
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run")
+    assert result.returncode == 2
+    assert "grpo.use_vllm: true needs the vllm package, which is not installed" in result.stderr

@@ -285,14 +285,25 @@ def _missing_paths(section: Section) -> Problems:
 
 def _hardware(section: Section) -> Problems:
     """bf16 / fp16 / tf32 asked for where this machine cannot do them. Imports torch only if asked."""
-    asked = {k: section.trl.get(k) for k in ("bf16", "fp16", "tf32") if section.trl.get(k) is True}
+    import importlib.util
+
+    asked = {k: section.trl.get(k) for k in ("bf16", "fp16", "tf32", "use_vllm", "use_liger_kernel")
+             if section.trl.get(k) is True}
     dtype = getattr(section.project, "dtype", "auto")
     if not asked and dtype not in ("float16",):
         return []
+    problems = []
+    # GPU-only packages (the optional [gpu] extra): say which one is missing before TRL fails on import.
+    for key, package in (("use_vllm", "vllm"), ("use_liger_kernel", "liger_kernel")):
+        if asked.get(key) and importlib.util.find_spec(package) is None:
+            problems.append(f"{section.where(key)}: {section.name}.{key}: true needs the {package} package, which "
+                            "is not installed (pip install -e '.[gpu]' on a GPU machine)")
     import torch
 
     cuda = torch.cuda.is_available()
-    problems = []
+    if asked.get("use_vllm") and not cuda:
+        problems.append(f"{section.where('use_vllm')}: {section.name}.use_vllm: true needs a CUDA GPU; "
+                        "leave it out on CPU (generation then runs in the trainer)")
     if asked.get("bf16") and not (cuda and torch.cuda.is_bf16_supported()):
         problems.append(f"{section.where('bf16')}: {section.name}.bf16: true needs a GPU with bfloat16 support and "
                         "this machine has none; set it to false, or leave it out to choose from the hardware")
