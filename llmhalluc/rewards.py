@@ -172,7 +172,7 @@ def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> R
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
         golds = gold_answers(judge, "accuracy", len(completion_ids), columns)
         answers = [judge.final(text) for text in resolved_texts(tokenizer, backtrack_id, completion_ids)]
-        _log(columns, "answer", answers)
+        _log(columns, "extracted_answer", answers)
         return [float(got is not None and got == gold) for got, gold in zip(answers, golds, strict=True)]
 
     return score

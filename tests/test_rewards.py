@@ -127,6 +127,16 @@ def test_every_registered_reward_has_an_options_section_and_back():
         "accuracy", "format", "backtrack", "length"}
 
 
+def test_params_yaml_judges_answers_like_eval():
+    """Eval extracts with llmhalluc.answers' default pattern; GRPO's accuracy must use the same one by default."""
+    from llmhalluc.answers import DEFAULT_PATTERN
+    from llmhalluc.params import load_section
+    from tests.conftest import ROOT
+
+    grpo = load_section("grpo", ROOT / "params.yaml", for_run=False)
+    assert grpo.project.rewards.accuracy.answer_pattern == DEFAULT_PATTERN == AccuracyRewardOptions().answer_pattern
+
+
 def test_build_rewards_names_each_function_as_trl_logs_it(tokenizer):
     from trl.trainer.utils import get_callable_name
 
@@ -168,7 +178,7 @@ def test_accuracy_scores_the_resolved_final_answer(tokenizer, c, conversational)
     ]
     scores, logged = call(fn, tokenizer, ids, ["7"] * len(ids), [True] * len(ids), conversational=conversational)
     assert scores == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
-    assert logged["answer"] == ["7", "8", "7", "8", "7", None]
+    assert logged["extracted_answer"] == ["7", "8", "7", "8", "7", None]
     # What TRL hands over as text still shows the retracted "8." (skip_special_tokens drops only the token).
     assert "8." in tokenizer.decode(ids[2], skip_special_tokens=True)
 
@@ -367,3 +377,6 @@ def test_grpo_trainer_calls_the_rewards_with_its_own_arguments(tokenizer, c, tmp
     inputs = [{"prompt": prompt, "answer": "7", "answerable": True}] * 2
     got = trainer._calculate_rewards(inputs, [prompt, prompt], completions, ids)
     assert torch.equal(got, torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]]))
+    # The columns the rewards add to TRL's completions table (log_completions) arrive there.
+    assert trainer._pending_extra_logs["backtrack_rule"] == [FIXED, NO_BACKTRACKS]
+    assert trainer._pending_extra_logs["extracted_answer"] == ["7", "8"]
