@@ -315,11 +315,12 @@ def backtrack_use(tokenizer: Decoder, backtrack_id: int, options: RewardsParams)
 
     Why these numbers: no backtracks is neutral (accuracy already pays for being
     right), so this reward moves only completions that use the token. A fix is
-    paid once however many runs it took, so making errors to repair them earns
-    no more than one fix_reward; keep fix_reward * weight below the accuracy
-    weight so that a clean right answer still beats a repaired one overall.
-    Nothing-but-backtracks is never positive. Over the cap the penalty grows
-    with n, so GRPO's group comparison still prefers fewer backtracks there.
+    paid once however many runs it took, so repeated error-and-repair earns no
+    more than one fix_reward. A known trade-off: a repaired right answer still
+    outscores a clean right one by fix_reward x its weight, which a policy could
+    learn to farm; keep that weight small, or add the `length` reward so the
+    detour costs tokens. Nothing-but-backtracks is never positive. Over the cap
+    the penalty grows with n, so GRPO's group comparison still prefers fewer.
     """
     judge = AnswerJudge.from_options(options.accuracy)
     opts = options.backtrack
