@@ -1,39 +1,64 @@
 """Reward functions for GRPO, by name, in a registry.
 
-Each registered factory receives what a reward needs to see completions the way
-the model meant them (the tokenizer and the backtrack token id) and returns a
-function with TRL's signature: `(prompts, completions, completion_ids, **columns)
--> list[float]`, one float per completion. Dataset columns (`answer`,
-`answerable`) arrive as keyword arguments.
+`grpo.reward_funcs` names them, TRL's own `grpo.reward_weights` weighs them,
+and `grpo.rewards.<name>.*` holds each one's options (declared once, typed, in
+llmhalluc.params.sections; the params layer refuses an unknown name or option
+before any model loads).
 
-Rewards score the *backtrack-resolved* completion's extracted final answer
-against the clean ground truth. This module must stay import-light (no torch):
-the params layer imports it to check reward names in under 2 s.
+Every function has TRL's reward signature (GRPOTrainer._calculate_rewards):
+`fn(prompts=, completions=, completion_ids=, **kwargs) -> list[float]`, one
+float per completion. kwargs are the dataset's other columns, one value per
+completion (`answer`: the clean gold answer; `answerable`: bool, optional),
+plus TRL's `trainer_state`, `log_extra` and `log_metric`.
+
+The scores are computed from `completion_ids`, never from `completions`: TRL
+decodes `completions` with skip_special_tokens=True, so the backtrack token is
+gone from them and the deleted text is still there. Working on ids also makes
+plain and conversational completions the same case. What is scored is the
+*backtrack-resolved* completion's extracted final answer against the clean
+gold answer (DESIGN.md, fact 4).
+
+This module stays import-light (no torch, no transformers): the params layer
+imports it to check reward names in well under 2 s.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmhalluc.answers import extract_answer, normalize_answer
 from llmhalluc.backtrack import resolve_ids
+from llmhalluc.errors import DataError, ParamsError
+
+if TYPE_CHECKING:
+    from llmhalluc.params.sections import AccuracyRewardOptions, RewardsParams
 
 RewardFn = Callable[..., list[float]]
+
+#: Keyword arguments TRL adds beside the dataset columns; they are not data.
+TRL_KWARGS = ("trainer_state", "log_extra", "log_metric", "environments")
 
 
 class Decoder(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
 
 
-REWARDS: dict[str, Callable[..., RewardFn]] = {}
+Factory = Callable[[Decoder, int, "RewardsParams"], RewardFn]
+REWARDS: dict[str, Factory] = {}
 
 
-def reward(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., RewardFn]]:
-    """Register a reward factory under the name used in `grpo.reward_funcs`."""
+def reward(name: str) -> Callable[[Factory], Factory]:
+    """Register a reward factory under the name used in `grpo.reward_funcs`.
 
-    def register(factory: Callable[..., RewardFn]) -> Callable[..., RewardFn]:
+    A factory gets (tokenizer, backtrack_id, options: the whole `grpo.rewards`
+    section) and returns the reward function. Each registered name has its own
+    options section in RewardsParams (a test keeps the two in step).
+    """
+
+    def register(factory: Factory) -> Factory:
         if name in REWARDS:
             raise ValueError(f"reward {name!r} registered twice")
         REWARDS[name] = factory
@@ -43,49 +68,287 @@ def reward(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., Rewar
 
 
 def build_rewards(
-    names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: dict[str, Any]
+    names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: RewardsParams | None = None
 ) -> list[RewardFn]:
-    """The reward functions named in params, in order. Names were checked by the params layer."""
+    """The reward functions named in params, in order, each named as TRL will log it (`rewards/<name>/mean`).
+
+    options is the parsed `grpo.rewards` section (defaults when None). The params
+    layer has already refused unknown names; the check here is for callers that
+    bypass it.
+    """
+    from llmhalluc.params.sections import RewardsParams
+
+    options = options if options is not None else RewardsParams()
     functions = []
     for name in names:
-        fn = REWARDS[name](tokenizer=tokenizer, backtrack_id=backtrack_id, options=options.get(name))
-        fn.__name__ = name  # TRL logs each reward under its function's name
+        if name not in REWARDS:
+            raise ParamsError(f"grpo.reward_funcs: no reward named {name!r}; registered: {', '.join(sorted(REWARDS))}")
+        fn = REWARDS[name](tokenizer, backtrack_id, options)
+        fn.__name__ = fn.__qualname__ = name  # TRL names the reward's metrics after the function
         functions.append(fn)
     return functions
 
 
 def resolved_texts(tokenizer: Decoder, backtrack_id: int, completion_ids: Sequence[Sequence[int]]) -> list[str]:
+    """Each completion as the model meant it: backtracks applied, special tokens dropped."""
     return [tokenizer.decode(resolve_ids(ids, backtrack_id), skip_special_tokens=True) for ids in completion_ids]
 
 
-def _pattern(options: Any) -> str:
-    from llmhalluc.answers import DEFAULT_PATTERN
+# --------------------------------------------------------------------------- judging a final answer
 
-    return getattr(options, "answer_pattern", None) or DEFAULT_PATTERN
+
+@dataclass(frozen=True)
+class AnswerJudge:
+    """What a right final answer is, from grpo.rewards.accuracy; every reward that needs it uses this one.
+
+    The gold answer of an unanswerable question is the abstain phrase, whatever
+    the `answer` column holds (SQuAD v2 style datasets leave it empty), so an
+    abstention is right there and wrong on an answerable question.
+    """
+
+    pattern: str
+    abstain: str
+
+    @classmethod
+    def from_options(cls, options: AccuracyRewardOptions) -> AnswerJudge:
+        return cls(pattern=options.answer_pattern, abstain=options.abstain_answer)
+
+    def gold(self, answer: Any, answerable: bool) -> str | None:
+        return normalize_answer(self.abstain if not answerable else str(answer))
+
+    def final(self, text: str) -> str | None:
+        """The final answer: the last answer-pattern match, else the last number (llmhalluc.answers)."""
+        return normalize_answer(extract_answer(text, self.pattern))
+
+    def stated(self, text: str) -> str | None:
+        """The answer an answer *sentence* in text states (the last match), without the last-number fallback.
+
+        Used on partial text, where the last number is usually an intermediate
+        result, not an answer.
+        """
+        matches = re.findall(self.pattern, text)
+        if not matches:
+            return None
+        last = matches[-1]
+        return normalize_answer(last if isinstance(last, str) else last[0])
+
+
+def gold_answers(judge: AnswerJudge, reward_name: str, count: int, columns: dict[str, Any]) -> list[str | None]:
+    """The normalised gold answer of each completion, from the dataset columns TRL passes."""
+    if "answer" not in columns:
+        given = sorted(k for k in columns if k not in TRL_KWARGS)
+        raise DataError(f"reward {reward_name!r} needs the dataset column 'answer' (the clean gold answer); "
+                        f"the dataset has: {', '.join(given) or 'no columns besides prompt'}")
+    answers = list(columns["answer"])
+    answerable = columns.get("answerable")
+    answerable = [True] * count if answerable is None else [bool(a) for a in answerable]
+    if not len(answers) == len(answerable) == count:
+        raise ValueError(f"reward {reward_name!r}: {count} completions but {len(answers)} answers "
+                         f"and {len(answerable)} answerable flags")
+    return [judge.gold(a, ok) for a, ok in zip(answers, answerable, strict=True)]
+
+
+def _log(columns: dict[str, Any], column: str, values: list) -> None:
+    """Add a column to TRL's completions table (log_completions), when TRL offers it."""
+    log_extra = columns.get("log_extra")
+    if callable(log_extra):
+        log_extra(column, values)
+
+
+# --------------------------------------------------------------------------- accuracy
 
 
 @reward("accuracy")
-def accuracy(tokenizer: Decoder, backtrack_id: int, options: Any = None) -> RewardFn:
-    """1.0 when the resolved completion's final answer equals the gold answer, else 0.0."""
-    pattern = _pattern(options)
+def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+    """1.0 when the resolved completion's final answer equals the gold answer, else 0.0.
 
-    def score(prompts, completions, completion_ids, answer, **_columns) -> list[float]:
-        texts = resolved_texts(tokenizer, backtrack_id, completion_ids)
-        return [
-            float(normalize_answer(extract_answer(text, pattern)) == normalize_answer(str(gold)))
-            for text, gold in zip(texts, answer, strict=True)
-        ]
+    The final answer is the last match of grpo.rewards.accuracy.answer_pattern,
+    else the last number; both sides are normalised (`1,080` == `1080.0`). On an
+    unanswerable question (`answerable` false) the gold answer is the abstain
+    phrase, so abstaining scores 1.0 there and 0.0 on an answerable question.
+    """
+    judge = AnswerJudge.from_options(options.accuracy)
+
+    def score(prompts, completions, completion_ids, **columns) -> list[float]:
+        golds = gold_answers(judge, "accuracy", len(completion_ids), columns)
+        answers = [judge.final(text) for text in resolved_texts(tokenizer, backtrack_id, completion_ids)]
+        _log(columns, "extracted_answer", answers)
+        return [float(got is not None and got == gold) for got, gold in zip(answers, golds, strict=True)]
 
     return score
 
 
-@reward("format")
-def answer_format(tokenizer: Decoder, backtrack_id: int, options: Any = None) -> RewardFn:
-    """1.0 when the resolved completion ends with the trained answer sentence, else 0.0."""
-    ending = re.compile(r"(?:" + _pattern(options) + r")\.?\s*$")
+# --------------------------------------------------------------------------- format
 
-    def score(prompts, completions, completion_ids, **_columns) -> list[float]:
-        texts = resolved_texts(tokenizer, backtrack_id, completion_ids)
-        return [float(bool(ending.search(text.strip()))) for text in texts]
+
+@reward("format")
+def answer_format(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+    """1.0 when the resolved completion ends with the trained answer sentence, else 0.0.
+
+    The sentence is grpo.rewards.accuracy.answer_pattern followed by
+    grpo.rewards.format.terminator ("... The answer is 7."); only whitespace and
+    special tokens (end of turn) may follow it. Correctness is not judged here.
+    """
+    ending = re.compile(r"(?:" + options.accuracy.answer_pattern + r")" + re.escape(options.format.terminator)
+                        + r"\s*$")
+
+    def score(prompts, completions, completion_ids, **columns) -> list[float]:
+        return [float(bool(ending.search(text))) for text in resolved_texts(tokenizer, backtrack_id, completion_ids)]
+
+    return score
+
+
+# --------------------------------------------------------------------------- backtrack
+
+
+@dataclass(frozen=True)
+class BacktrackRun:
+    """One maximal run of consecutive backtrack tokens and what it deleted."""
+
+    start: int  # where the deleted span began, in the surviving ids
+    length: int  # backtrack tokens in the run
+    deleted: tuple[int, ...]  # the ids it removed (fewer than length if it ran past the start)
+    before: tuple[int, ...]  # the surviving ids just before the run
+
+
+def backtrack_runs(ids: Sequence[int], backtrack_id: int) -> tuple[list[BacktrackRun], list[int]]:
+    """The runs of a completion, and its resolved ids (identical to backtrack.resolve_ids)."""
+    kept: list[int] = []
+    runs: list[BacktrackRun] = []
+    index = 0
+    while index < len(ids):
+        if ids[index] != backtrack_id:
+            kept.append(ids[index])
+            index += 1
+            continue
+        end = index
+        while end < len(ids) and ids[end] == backtrack_id:
+            end += 1
+        length = end - index
+        cut = max(len(kept) - length, 0)
+        runs.append(BacktrackRun(start=cut, length=length, deleted=tuple(kept[cut:]), before=tuple(kept)))
+        del kept[cut:]
+        index = end
+    return runs, kept
+
+
+#: Rows of the backtrack scoring table, in the order they are tried.
+NO_BACKTRACKS = "no_backtracks"
+OVER_CAP = "over_cap"
+NOTHING_LEFT = "nothing_left"
+WRONG_ANSWER = "wrong_answer"
+DELETED_CORRECT = "deleted_correct"
+FIXED = "fixed"
+
+
+@dataclass(frozen=True)
+class BacktrackScorer:
+    """The backtrack table (see `backtrack_use`) for one completion at a time."""
+
+    tokenizer: Decoder
+    backtrack_id: int
+    judge: AnswerJudge
+    max_backtracks: int
+    fix_reward: float
+    penalty: float
+
+    def verdict(self, ids: Sequence[int], gold: str | None) -> tuple[str, float]:
+        """(table row, reward) of one completion."""
+        runs, resolved = backtrack_runs(ids, self.backtrack_id)
+        count = sum(run.length for run in runs)
+        if count == 0:
+            return NO_BACKTRACKS, 0.0
+        if count > self.max_backtracks:
+            return OVER_CAP, -self.penalty * count / self.max_backtracks
+        text = self.tokenizer.decode(resolved, skip_special_tokens=True)
+        if not text.strip():
+            return NOTHING_LEFT, -self.penalty
+        final = self.judge.final(text)
+        if final is None or final != gold:
+            return WRONG_ANSWER, -self.penalty
+        if any(self.deleted_correct(run, resolved, gold) for run in runs):
+            return DELETED_CORRECT, -self.penalty
+        return FIXED, self.fix_reward
+
+    def deleted_correct(self, run: BacktrackRun, resolved: Sequence[int], gold: str | None) -> bool:
+        """Whether a run removed text that was right, or nothing at all (see the table's notes)."""
+        if len(run.deleted) < run.length:  # backtracks past the start delete nothing
+            return True
+        if tuple(resolved[run.start:run.start + len(run.deleted)]) == run.deleted:  # rewritten unchanged
+            return True
+        before = self.tokenizer.decode(run.before, skip_special_tokens=True)
+        return self.judge.stated(before) == gold  # the right answer was already stated
+
+
+@reward("backtrack")
+def backtrack_use(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+    """Shape backtrack use: reward a retraction that turned wrong text into a right answer, penalise waste.
+
+    Scored per completion; the first matching row wins. n = backtrack tokens in
+    the completion; a *run* is a maximal stretch of consecutive backtracks;
+    "right" is the accuracy reward's judgement (grpo.rewards.accuracy), on the
+    resolved completion. Options: grpo.rewards.backtrack.{max_backtracks,
+    fix_reward, penalty}.
+
+    | row             | condition                                                   | reward                      |
+    |-----------------|-------------------------------------------------------------|-----------------------------|
+    | no_backtracks   | n == 0                                                      | 0.0                         |
+    | over_cap        | n > max_backtracks                                          | -penalty * n/max_backtracks |
+    | nothing_left    | the resolved completion is blank (only backtracks, or every | -penalty                    |
+    |                 | token deleted)                                              |                             |
+    | wrong_answer    | the resolved final answer is wrong (or missing)             | -penalty                    |
+    | deleted_correct | the answer is right, but some run deleted correct text      | -penalty                    |
+    | fixed           | the answer is right and every run deleted wrong text        | +fix_reward                 |
+
+    A run *deleted correct text* when any of these holds:
+      - it deleted nothing, in part or whole (it ran past the start of the completion);
+      - the whole span it deleted reappears unchanged at the same place in the
+        resolved completion: the retraction was rewritten as it was, so what it
+        removed was not wrong (a run that deletes a whole wrong step and rewrites
+        its correct left side, as the SFT data does, is not this case: the span
+        as a whole does not come back);
+      - the text before it already stated the right answer in an answer sentence
+        (answer_pattern, no last-number fallback: on partial text the last number
+        is an intermediate result and matches the gold answer only by chance).
+    Otherwise the run deleted a wrong partial answer, and the completion that
+    ends right after such runs only is a fix.
+
+    Why these numbers: no backtracks is neutral (accuracy already pays for being
+    right), so this reward moves only completions that use the token. A fix is
+    paid once however many runs it took, so repeated error-and-repair earns no
+    more than one fix_reward. A known trade-off: a repaired right answer still
+    outscores a clean right one by fix_reward x its weight, which a policy could
+    learn to farm; keep that weight small, or add the `length` reward so the
+    detour costs tokens. Nothing-but-backtracks is never positive. Over the cap
+    the penalty grows with n, so GRPO's group comparison still prefers fewer.
+    """
+    judge = AnswerJudge.from_options(options.accuracy)
+    opts = options.backtrack
+    scorer = BacktrackScorer(tokenizer, backtrack_id, judge, opts.max_backtracks, opts.fix_reward, opts.penalty)
+
+    def score(prompts, completions, completion_ids, **columns) -> list[float]:
+        golds = gold_answers(judge, "backtrack", len(completion_ids), columns)
+        verdicts = [scorer.verdict(ids, gold) for ids, gold in zip(completion_ids, golds, strict=True)]
+        _log(columns, "backtrack_rule", [row for row, _ in verdicts])
+        return [value for _, value in verdicts]
+
+    return score
+
+
+# --------------------------------------------------------------------------- length
+
+
+@reward("length")
+def length_budget(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+    """A soft penalty over a token budget: 0.0 up to max_tokens, then falling linearly to -penalty at twice it.
+
+    Tokens are the raw completion's, backtracks and the end-of-turn token
+    included: a backtrack costs a generation step like any other token.
+    """
+    budget, penalty = options.length.max_tokens, options.length.penalty
+
+    def score(prompts, completions, completion_ids, **columns) -> list[float]:
+        return [0.0 if len(ids) <= budget else -penalty * min(1.0, (len(ids) - budget) / budget)
+                for ids in completion_ids]
 
     return score

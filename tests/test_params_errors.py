@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,22 @@ CASES = [
      ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format]",
      ["grpo.reward_funcs[0]: no reward named 'acuracy'", "did you mean 'accuracy'"]),
+    ("train_grpo", "      max_backtracks: 16 ", "      max_backtrak: 16 ",
+     ["grpo.rewards.backtrack.max_backtrak: unknown key", "did you mean grpo.rewards.backtrack.max_backtracks"]),
+    ("train_grpo", "    backtrack:                  # shapes", "    backtrak:                  # shapes",
+     ["grpo.rewards.backtrak: unknown key", "did you mean grpo.rewards.backtrack"]),
+    ("train_grpo", "      abstain_answer: unanswerable", "      abstain_answer: unanswerable\n      max_tokens: 3",
+     ["grpo.rewards.accuracy.max_tokens: unknown key", "valid keys: answer_pattern, abstain_answer"]),
+    ("train_grpo", "      max_tokens: 40 ", "      max_tokens: forty ",
+     ["grpo.rewards.length.max_tokens: expected int, got str 'forty'"]),
+    ("train_grpo", "      max_tokens: 40 ", "      max_tokens: 0 ", ["grpo.rewards.length.max_tokens: must be >= 1"]),
+    ("train_grpo", "      penalty: 1.0 ", "      penalty: -1.0 ", ["grpo.rewards.backtrack.penalty: must be >= 0"]),
+    ("train_grpo", "      answer_pattern: The answer is (", "      answer_pattern: The answer is \\d+ (?:",
+     ["grpo.rewards.accuracy.answer_pattern: needs a capture group"]),
+    ("train_grpo", "      answer_pattern: The answer is (", "      answer_pattern: The answer is ((",
+     ["grpo.rewards.accuracy.answer_pattern: not a valid regular expression"]),
+    ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, accuracy]",
+     ["grpo.reward_funcs[1]: 'accuracy' is listed twice"]),
     ("train_sft", "learning_rate: 0.003", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),
     ("train_sft", "lr_scheduler_type: cosine", "lr_scheduler_type: cosin",
      ["sft.lr_scheduler_type", "did you mean 'cosine'"]),
@@ -99,3 +116,47 @@ def test_missing_section(tmp_path: Path):
     result = run_stage_script("train_grpo", tmp_path, "--dry-run")
     assert result.returncode == 2
     assert "no section 'grpo'" in result.stderr
+
+
+def _line_of(text: str, key: str) -> int:
+    return 1 + next(i for i, line in enumerate(text.splitlines()) if line.lstrip().startswith(key))
+
+
+def test_reward_name_typos_fail_the_dry_run_before_any_model_loads(tmp_path: Path, params_text: str):
+    """--dry-run --params FILE: every bad name at once, with file:line and the nearest registered name."""
+    text = edit(params_text, "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format, backtrak]")
+    text = edit(text, "reward_weights: [1.0, 0.5]", "reward_weights: [1.0, 0.5, 0.2]")
+    (tmp_path / "mine.yaml").write_text(text)
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run", "--params", "mine.yaml")
+    assert result.returncode == 2, result.stderr
+    where = f"mine.yaml:{_line_of(text, 'reward_funcs:')}"
+    assert f"{where}: grpo.reward_funcs[0]: no reward named 'acuracy'" in result.stderr
+    assert f"{where}: grpo.reward_funcs[2]: no reward named 'backtrak'" in result.stderr
+    assert "did you mean 'accuracy'" in result.stderr and "did you mean 'backtrack'" in result.stderr
+    assert "registered: accuracy, backtrack, format, length" in result.stderr
+    assert result.stdout == ""
+
+
+def test_reward_option_typo_fails_the_dry_run_before_any_model_loads(tmp_path: Path, params_text: str):
+    text = edit(params_text, "      fix_reward: 1.0 ", "      fix_rewad: 1.0 ")
+    (tmp_path / "mine.yaml").write_text(text)
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run", "--params", "mine.yaml")
+    assert result.returncode == 2, result.stderr
+    assert (f"mine.yaml:{_line_of(text, 'fix_rewad:')}: grpo.rewards.backtrack.fix_rewad: unknown key "
+            "(did you mean grpo.rewards.backtrack.fix_reward?)") in result.stderr
+    assert result.stdout == ""
+
+
+def test_every_reward_with_its_options_passes_the_dry_run(tmp_path: Path, params_text: str):
+    """The opposite case, so the checks above cannot be passing by refusing everything."""
+    text = edit(params_text, "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, format, backtrack, length]")
+    text = edit(text, "reward_weights: [1.0, 0.5]", "reward_weights: [1.0, 0.5, 0.3, 0.2]")
+    text = edit(text, "      max_backtracks: 16 ", "      max_backtracks: 4 ")
+    (tmp_path / "params.yaml").write_text(text)
+    result = run_stage_script("train_grpo", tmp_path, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert resolved["reward_funcs"] == ["accuracy", "format", "backtrack", "length"]
+    assert resolved["reward_weights"] == [1.0, 0.5, 0.3, 0.2]
+    assert resolved["rewards"]["backtrack"] == {"max_backtracks": 4, "fix_reward": 1.0, "penalty": 1.0}
+    assert resolved["rewards"]["accuracy"]["abstain_answer"] == "unanswerable"

@@ -8,6 +8,7 @@ problems as `file:line: key.path: what is wrong; what would be valid`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -86,23 +87,61 @@ def _grpo_batch(section: Section, problems: Problems) -> None:
 
 
 def _grpo_rewards(section: Section, problems: Problems) -> None:
+    """Reward names and weights. Unknown options under grpo.rewards are the loader's unknown keys.
+
+    Options of a registered reward that reward_funcs does not use are allowed and
+    unused: params.yaml documents every reward's options, and
+    `dvc exp run -S 'grpo.reward_funcs=[accuracy]'` must not need them deleted.
+    """
     p = section.project
+    seen: set[str] = set()
     for index, name in enumerate(p.reward_funcs):
         if name not in REWARDS:
             close = nearest(name, REWARDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{section.where('reward_funcs')}: grpo.reward_funcs[{index}]: no reward named {name!r}; "
-                            f"registered: {', '.join(sorted(REWARDS))}{hint}")
+            problems.append(f"{section.where('reward_funcs', index)}: grpo.reward_funcs[{index}]: no reward named "
+                            f"{name!r}; registered: {', '.join(sorted(REWARDS))}{hint}")
+        elif name in seen:  # TRL logs each reward under its name: two would mix their curves
+            problems.append(f"{section.where('reward_funcs', index)}: grpo.reward_funcs[{index}]: {name!r} is "
+                            "listed twice; name each reward once and weigh it with grpo.reward_weights")
+        seen.add(name)
     if not p.reward_funcs:
-        problems.append(f"{section.where('reward_funcs')}: grpo.reward_funcs: name at least one reward")
-    for name in p.rewards:
-        if name not in p.reward_funcs:
-            problems.append(f"{section.where('rewards', name)}: grpo.rewards.{name}: options for a reward that "
-                            f"grpo.reward_funcs does not use ({', '.join(p.reward_funcs)})")
+        problems.append(f"{section.where('reward_funcs')}: grpo.reward_funcs: name at least one reward; "
+                        f"registered: {', '.join(sorted(REWARDS))}")
     weights = section.trl.get("reward_weights")
     if weights is not None and len(weights) != len(p.reward_funcs):
         problems.append(f"{section.where('reward_weights')}: grpo.reward_weights: {len(weights)} weights for "
                         f"{len(p.reward_funcs)} reward_funcs ({', '.join(p.reward_funcs)}); give one weight each")
+    _reward_options(section, problems)
+
+
+def _reward_options(section: Section, problems: Problems) -> None:
+    """Values of grpo.rewards.<name>.* that would crash or invert a reward mid-training."""
+    rewards = section.project.rewards
+
+    def bad(*key: str, message: str) -> None:
+        problems.append(f"{section.where('rewards', *key)}: grpo.rewards.{'.'.join(key)}: {message}")
+
+    try:
+        groups = re.compile(rewards.accuracy.answer_pattern).groups
+    except re.error as exc:
+        bad("accuracy", "answer_pattern", message=f"not a valid regular expression: {exc}")
+    else:
+        if groups < 1:
+            bad("accuracy", "answer_pattern", message="needs a capture group: group 1 is the final answer, "
+                "e.g. 'The answer is (-?[\\d,]*\\.?\\d+)'")
+    if not rewards.accuracy.abstain_answer.strip():
+        bad("accuracy", "abstain_answer", message="must not be blank (it is the gold answer of unanswerable "
+            "questions), e.g. 'unanswerable'")
+    for key, value in [("backtrack.max_backtracks", rewards.backtrack.max_backtracks),
+                       ("length.max_tokens", rewards.length.max_tokens)]:
+        if value < 1:
+            bad(*key.split("."), message=f"must be >= 1, got {value}")
+    for key, value in [("backtrack.fix_reward", rewards.backtrack.fix_reward),
+                       ("backtrack.penalty", rewards.backtrack.penalty),
+                       ("length.penalty", rewards.length.penalty)]:
+        if value < 0:
+            bad(*key.split("."), message=f"must be >= 0 (the sign is the reward's), got {value}")
 
 
 def _launcher(section: Section, problems: Problems) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llmhalluc.answers import DEFAULT_PATTERN
+
 #: model_name_or_path of the tiny model built from a seed (a colon never occurs in a hub id).
 BUILTIN_TINY = "builtin:tiny-qwen2"
 
@@ -129,10 +131,45 @@ class SftParams:
 
 
 @dataclass
-class RewardOptions:
-    """Options of one reward function (grpo.rewards.<name>)."""
+class AccuracyRewardOptions:
+    """grpo.rewards.accuracy: what counts as the right final answer (the other rewards judge by it too)."""
 
-    answer_pattern: str = param(r"The answer is (-?[\d,]*\.?\d+)", "regex whose group 1 is the final answer")
+    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins)")
+    abstain_answer: str = param("unanswerable", "the answer that abstains: right on an unanswerable question only")
+
+
+@dataclass
+class FormatRewardOptions:
+    """grpo.rewards.format: the answer sentence the completion must end with."""
+
+    terminator: str = param(".", "text that closes the answer sentence ('' for none)")
+
+
+@dataclass
+class BacktrackRewardOptions:
+    """grpo.rewards.backtrack: how backtrack use is scored (the table in llmhalluc.rewards.backtrack_use)."""
+
+    max_backtracks: int = param(16, "backtrack tokens allowed in one completion before the penalty grows")
+    fix_reward: float = param(1.0, "reward of a completion whose backtracks fixed a wrong span into a right answer")
+    penalty: float = param(1.0, "penalty of backtracks that waste or harm (over the cap, wrong answer, ...)")
+
+
+@dataclass
+class LengthRewardOptions:
+    """grpo.rewards.length: a soft penalty over a token budget."""
+
+    max_tokens: int = param(40, "completion tokens (backtracks included) allowed before the penalty starts")
+    penalty: float = param(0.5, "penalty at twice the budget and beyond; it grows linearly from the budget")
+
+
+@dataclass
+class RewardsParams:
+    """grpo.rewards: one options section per registered reward (used when grpo.reward_funcs names it)."""
+
+    accuracy: AccuracyRewardOptions = param(AccuracyRewardOptions(), "options of the accuracy reward")
+    format: FormatRewardOptions = param(FormatRewardOptions(), "options of the format reward")
+    backtrack: BacktrackRewardOptions = param(BacktrackRewardOptions(), "options of the backtrack reward")
+    length: LengthRewardOptions = param(LengthRewardOptions(), "options of the length reward")
 
 
 @dataclass
@@ -143,7 +180,7 @@ class GrpoParams:
     data_dir: str = param("data/prepared", "prepared data written by the prepare stage")
     model_dir: str = param("models/grpo", "where the trained model is written (the stage's out)")
     reward_funcs: list[str] = param(["accuracy", "format"], "reward functions by registry name")
-    rewards: dict[str, RewardOptions] = param({}, "per-reward options, keyed by reward name")
+    rewards: RewardsParams = param(RewardsParams(), "per-reward options, by reward name")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
     lora: LoraParams = param(LoraParams(), "LoRA adapter options")
     launcher: LauncherParams = param(LauncherParams(), "how the trainer is started")
