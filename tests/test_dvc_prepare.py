@@ -29,7 +29,8 @@ def _clone(tmp_path: Path) -> Path:
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, work / name)
     params = (work / "params.yaml").read_text()
-    sizes = (("    sft: 1500 ", "    sft: 50 "), ("    grpo: 128 ", "    grpo: 8 "), ("    eval: 200 ", "    eval: 10 "))
+    sizes = (("    sft: 1500 ", "    sft: 50 "), ("    grpo: 128 ", "    grpo: 8 "),
+             ("    eval: 200 ", "    eval: 10 "))
     for old, new in sizes:
         params = edit(params, old, new)
     (work / "params.yaml").write_text(params)
