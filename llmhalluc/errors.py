@@ -31,3 +31,14 @@ class DataError(UserError):
     """An input file or record is wrong; the message names the file and line or record id."""
 
     exit_code = 3
+
+
+class OutputError(UserError):
+    """The outs could not be written: disk full, file too large, no permission, read-only filesystem.
+
+    Exit code 4. Raised by llmhalluc.stage.staged_output after it removed its
+    staging folder, so the previous outs are still in place and whole; the
+    message names the out, the file and the operating system's reason.
+    """
+
+    exit_code = 4
