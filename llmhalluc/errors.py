@@ -1,8 +1,13 @@
 """The errors a user can fix, one type per kind.
 
 A stage catches these at its top level, prints the message alone (no traceback:
-the message already names the key, file and line) and exits with the kind's code.
-Anything else is a bug in this project and keeps its traceback.
+the message already names the key, file and line) and exits with the kind's code:
+
+    2  ParamsError   params.yaml (or the dataset registry) is wrong; nothing ran
+    3  DataError     an input file or record is wrong (file:line or record id)
+    4  OutputError   the outs could not be written (disk full, permissions); the previous outs are intact
+
+Anything else is a bug in this project and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
