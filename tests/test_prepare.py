@@ -1,8 +1,9 @@
-"""prepare: registry, converters on real dataset formats, splits without leakage, bad data, stats.
+"""prepare: registry, converters on real dataset formats, splits without leakage, stats.
 
 Each test runs the stage script in a temporary folder holding a params.yaml
 (the repo's, edited), the repo's registry plus test entries, and fixture rows
-written in the real GSM8K / SQuAD v2 formats.
+written in the real GSM8K / SQuAD v2 formats. Bad rows and bad sources are
+catalogued in tests/test_bad_data_catalogue.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import ROOT, edit, run_stage_script
 
@@ -210,56 +209,6 @@ gsm8k_copy:
     assert result.returncode == 3
     assert "appear in both train and eval" in result.stderr and "gsm8k_local-" in result.stderr
     assert not (work / "data" / "prepared").exists()
-
-
-BAD_GSM8K = [
-    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n{"question": "oops", \n', "gsm8k_sample.jsonl:2",
-     "malformed JSON", "malformed_row"),
-    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n{"question": "No total?", "answer": "It is 5."}\n',
-     "gsm8k_sample.jsonl:2", "no final '#### <number>' line", "no_final_answer"),
-    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n'
-     '{"id": "q-77", "question": "Which?", "answer": "It is blue.\\n#### blue"}\n',
-     "gsm8k_sample.jsonl:2", "record q-77", "answer_not_a_number"),
-    ('{"question": "How many?", "answer": "2 + 2 = 4.\\n#### 4"}\n{"question": "No answer key"}\n',
-     "gsm8k_sample.jsonl:2", "missing column 'answer'", "missing_column"),
-]
-
-
-@pytest.mark.parametrize(("content", "where", "message", "kind"), BAD_GSM8K)
-def test_bad_rows_name_file_line_and_converter_and_skip_counts_them(
-    tmp_path: Path, params_text: str, content: str, where: str, message: str, kind: str
-):
-    params = small(params_text, sft=1, grpo=1, eval_=1)
-    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local, arithmetic] ")
-    work = workspace(tmp_path, params)
-    run_ok(work)
-    before = (work / "data" / "prepared" / "sft.jsonl").read_bytes()
-    (work / "data" / "raw" / "gsm8k_sample.jsonl").write_text(content)
-    result = run_stage_script("prepare", work)
-    assert result.returncode == 3, result.stderr
-    assert where in result.stderr and message in result.stderr and "converter gsm8k" in result.stderr
-    assert "prepare.on_bad_row: skip" in result.stderr
-    assert (work / "data" / "prepared" / "sft.jsonl").read_bytes() == before  # earlier outs intact
-
-    (work / "params.yaml").write_text(edit(params, "  on_bad_row: error ", "  on_bad_row: skip "))
-    stats = run_ok(work)
-    assert stats["dropped"] == {"total": 1, f"gsm8k_local/{kind}": 1}
-
-
-def test_source_level_data_errors(tmp_path: Path, params_text: str):
-    params = small(params_text, sft=1, grpo=1, eval_=1)
-    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
-    work = workspace(tmp_path, params)
-    (work / "data" / "raw" / "gsm8k_sample.jsonl").write_text("\n")
-    result = run_stage_script("prepare", work)
-    assert result.returncode == 3 and "data/raw/gsm8k_sample.jsonl: empty source" in result.stderr
-
-    # No row has the column at all: the registry needs a mapping, not a row fix.
-    (work / "data" / "raw" / "gsm8k_sample.jsonl").write_text('{"problem": "1+1?", "answer": "#### 2"}\n')
-    result = run_stage_script("prepare", work)
-    assert result.returncode == 3
-    assert "missing column 'question' that converter gsm8k needs (columns: answer, problem)" in result.stderr
-    assert "columns: {question: <column>}" in result.stderr
 
 
 def test_registry_and_dataset_names_are_params_errors(tmp_path: Path, params_text: str):

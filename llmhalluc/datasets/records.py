@@ -66,20 +66,49 @@ def write_jsonl(records: list[Record], path: Path) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[Record]:
-    """Read prepared records; a malformed line is a DataError naming file and line."""
+    """Read prepared records; a malformed line is a DataError naming file and line.
+
+    Field types are checked too: a hand-edited or half-written file must stop the
+    stage here, not train on a string iterated as a list of steps.
+    """
     path = Path(path)
     records = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read prepared data ({exc.strerror}); run `dvc repro prepare`") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else f"not UTF-8 text: {exc.reason}"
+        raise DataError(f"{path}: cannot read prepared data ({reason}); run `dvc repro prepare`") from exc
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
+            if not isinstance(raw, dict):
+                raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
             raw["errors"] = [Error(**e) for e in raw.get("errors", [])]
-            records.append(Record(**raw))
+            record = Record(**raw)
+            _check_types(record)
         except (ValueError, TypeError) as exc:
-            raise DataError(f"{path}:{number}: not a prepared record ({exc})") from exc
+            raise DataError(f"{path}:{number}: not a prepared record ({exc}); run `dvc repro prepare`") from exc
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records (prepare never writes an empty set); run `dvc repro prepare`")
     return records
+
+
+def _check_types(record: Record) -> None:
+    for name in ("id", "question", "answer", "source"):
+        if not isinstance(getattr(record, name), str):
+            raise TypeError(f"{name} must be a string, got {getattr(record, name)!r}")
+    if not isinstance(record.answerable, bool):
+        raise TypeError(f"answerable must be true or false, got {record.answerable!r}")
+    if not isinstance(record.steps, list) or not all(isinstance(s, str) for s in record.steps):
+        raise TypeError(f"steps must be a list of strings, got {record.steps!r}")
+    prompt = record.prompt
+    if not isinstance(prompt, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+    ):
+        raise TypeError(f"prompt must be a list of {{role, content}} messages, got {record.prompt!r}")
+    for error in record.errors:
+        if not isinstance(error.step, int) or not isinstance(error.text, str):
+            raise TypeError(f"errors entries need an integer step and a text, got {error!r}")

@@ -41,6 +41,8 @@ def read_rows(source: Source, *, arithmetic: ArithmeticParams, rng: random.Rando
             return list(_jsonl(path))
         if path.suffix == ".json":
             return _json(path)
+        if path.suffix == ".csv" and not _has_data_line(path):
+            return []  # `datasets` fails on a header-only CSV with an obscure message; it is an empty source
         return _with_datasets(LOCAL_FORMATS[path.suffix], {"data_files": str(path), "split": "train"}, str(path))
     kwargs = {"path": source.hub, "name": source.subset, "split": source.split, "revision": source.revision}
     return _with_datasets(None, kwargs, f"hub:{source.hub}{'/' + source.subset if source.subset else ''}"
@@ -54,7 +56,7 @@ def _jsonl(path: Path) -> Iterator[RawRow]:
                 continue
             where = f"{path}:{number}"
             try:
-                data = json.loads(line)
+                data = json.loads(line.rstrip("\r\n"))  # so a column past the end is on this line, not the next
             except json.JSONDecodeError as exc:
                 yield RawRow(where, number, None, f"malformed JSON ({exc.msg} at column {exc.colno})")
                 continue
@@ -76,13 +78,25 @@ def _json(path: Path) -> list[RawRow]:
             for i, row in enumerate(data)]
 
 
+def _has_data_line(path: Path) -> bool:
+    """Whether a CSV has a line after its header (read only as far as that line)."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        lines = (line for line in handle if line.strip())
+        next(lines, None)
+        return next(lines, None) is not None
+
+
 def _with_datasets(builder: str | None, kwargs: dict[str, Any], label: str) -> list[RawRow]:
     from datasets import load_dataset
+    from datasets.exceptions import DatasetsError
 
     try:
         dataset = load_dataset(builder, **kwargs) if builder else load_dataset(**kwargs)
-    except (OSError, ValueError) as exc:  # unreachable hub, missing split, unparsable file: all name the source
-        raise DataError(f"{label}: cannot load ({type(exc).__name__}: {exc})") from exc
+    except (OSError, ValueError, DatasetsError) as exc:  # unreachable hub, missing split, unparsable file
+        # A parse failure arrives as DatasetGenerationError("An error occurred while generating the
+        # dataset"); the parser's own message (pandas: "Expected 2 fields in line 3, saw 3") is its cause.
+        cause = exc.__cause__ if isinstance(exc, DatasetsError) and exc.__cause__ is not None else exc
+        raise DataError(f"{label}: cannot load ({type(cause).__name__}: {str(cause).strip()})") from exc
     # CSV counts a header line; report the line a spreadsheet shows.
     offset = 2 if builder == "csv" else 0
     where = (lambda i: f"{label}:{i + offset}") if builder == "csv" else (lambda i: f"{label} row {i}")

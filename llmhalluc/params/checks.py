@@ -202,13 +202,16 @@ def _accelerate_config(section: Section) -> Problems:
 
 def _lora(section: Section, problems: Problems) -> None:
     lora = section.project.lora
-    where = section.where("lora")
+
+    def where(key: str) -> str:
+        return f"{section.where('lora', key)}: {section.name}.lora.{key}"
+
     if lora.r < 1:
-        problems.append(f"{where}: {section.name}.lora.r: must be >= 1, got {lora.r}")
+        problems.append(f"{where('r')}: must be >= 1, got {lora.r}")
     if lora.alpha <= 0:
-        problems.append(f"{where}: {section.name}.lora.alpha: must be > 0, got {lora.alpha}")
+        problems.append(f"{where('alpha')}: must be > 0, got {lora.alpha}")
     if not 0.0 <= lora.dropout < 1.0:
-        problems.append(f"{where}: {section.name}.lora.dropout: must be in [0, 1), got {lora.dropout}")
+        problems.append(f"{where('dropout')}: must be in [0, 1), got {lora.dropout}")
 
 
 def _output_dirs(section: Section, problems: Problems) -> None:
@@ -254,6 +257,10 @@ def _prepare_datasets(section: Section, problems: Problems) -> None:
     from llmhalluc.datasets.registry import load_registry
 
     p = section.project
+    if not Path(p.registry).is_file():  # name the params line that points at it, not just the path
+        problems.append(f"{section.where('registry')}: prepare.registry: no such file {p.registry!r} "
+                        "(the dataset registry, e.g. configs/datasets.yaml)")
+        return
     try:
         entries, registry = load_registry(p.registry)
     except ParamsError as exc:

@@ -59,7 +59,9 @@ def load_section(name: str, params_path: str | Path = DEFAULT_PARAMS, *, for_run
 
     file = read_params_file(params_path)
     if name not in file.data:
-        raise ParamsError(f"{file.path}: no section {name!r} (the {name} stage reads only that section)")
+        close = nearest(name, [str(key) for key in file.data], n=1)
+        hint = f"; is {close[0]!r} at {file.where((close[0],))} a misspelling of it?" if close else ""
+        raise ParamsError(f"{file.path}: no section {name!r} (the {name} stage reads only that section){hint}")
     data = file.data[name]
     if not isinstance(data, dict):
         raise ParamsError(f"{file.where((name,))}: {name}: expected a mapping of keys, got {type(data).__name__}")

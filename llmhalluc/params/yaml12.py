@@ -87,6 +87,7 @@ def read_params_file(path: str | Path) -> ParamsFile:
     if root is None:
         root = CommentedMap()
     if not isinstance(root, CommentedMap):
-        raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(root).__name__}")
+        kind = "list" if isinstance(root, list) else type(root).__name__  # not ruamel's CommentedSeq
+        raise ParamsError(f"{path}: the top level must be a mapping of sections, got {kind}")
     lines: dict[KeyPath, int] = {}
     return ParamsFile(path, _plain(root, (), lines), lines)

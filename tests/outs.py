@@ -1,0 +1,70 @@
+"""Helpers for the fault and bad-input suites: earlier outs on disk, and proof they were left alone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import runpy
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+#: Every out of every stage, as dvc.yaml and params.yaml name them (folders and metrics files).
+STAGE_OUTS = {
+    "prepare": ["data/prepared", "metrics/prepare.json"],
+    "train_sft": ["models/sft", "checkpoints/sft", "metrics/train_sft.json", "plots/train_sft"],
+    "train_grpo": ["models/grpo", "checkpoints/grpo", "metrics/train_grpo.json", "plots/train_grpo"],
+    "merge": ["models/merged"],
+    "eval": ["eval", "metrics/eval.json"],
+}
+
+
+def plant_earlier_outs(root: Path) -> None:
+    """Marker files where every stage writes, standing in for the outs of an earlier run."""
+    for stage, outs in STAGE_OUTS.items():
+        for out in outs:
+            path = root / out
+            if path.suffix == ".json":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f'{{"earlier": "{stage}"}}\n')
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "earlier.bin").write_bytes(f"earlier {out}\n".encode() + bytes(range(256)))
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under root, by relative path: the whole visible state."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*")) if "__pycache__" not in p.parts}
+
+
+def stray_staging(root: Path) -> list[str]:
+    """Leftovers of llmhalluc.stage.staged_output: `.name.XXXX.tmp` staging folders and `.name.old` swaps."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if p.name.endswith((".tmp", ".old")))
+
+
+def run_in_process(stage: str, cwd: Path, *args: str) -> tuple[int, str, str]:
+    """Run stages/<stage>.py as __main__ inside this process; (exit code, stdout, stderr).
+
+    A params error is raised before anything heavy is imported, so running the
+    real script in-process checks the same code path as a subprocess at a
+    hundredth of the cost; the catalogue runs dozens of cases.
+    """
+    stdout, stderr = io.StringIO(), io.StringIO()
+    old_cwd, old_argv = Path.cwd(), sys.argv
+    script = str(ROOT / "stages" / f"{stage}.py")
+    code = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = [script, *args]
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as exc:
+                code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(old_cwd)
+        sys.argv = old_argv
+    return code, stdout.getvalue(), stderr.getvalue()
