@@ -34,6 +34,8 @@ NEEDS_CONTEXT = {
     "deepspeed": "needs the deepspeed package (the gpu extra)",
     "ddp_backend": "needs an initialised process group (a distributed launch)",
     "auto_find_batch_size": "GRPO refuses it (TRL): the generation batch must hold whole prompt groups",
+    "use_liger_kernel": "needs the liger_kernel package (the gpu extra)",
+    "use_vllm": "needs the vllm package (the gpu extra) and a CUDA GPU",
 }
 
 # A sampled value must be *valid*: semantic constraints the type cannot express.
