@@ -18,8 +18,8 @@ from decimal import Decimal, InvalidOperation
 
 #: Group 1 is the final answer: everything after "The answer is" (any case, an optional colon)
 #: up to the first sentence-ending period (one followed by a space or the end, so "2.50" stays
-#: whole) or the end of the line; it never spans two sentences. Scoped flags only (`(?i:...)`), so the pattern can be embedded in a
-#: larger one, as the format reward does.
+#: whole) or the end of the line; it never spans two sentences. Scoped flags only (`(?i:...)`),
+#: so the pattern can be embedded in a larger one, as the format reward does.
 DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\s|$))+?)[ \t]*(?:\.(?=\s|$)|(?=\n)|$)"
 
 #: What prepare writes as the gold answer of an unanswerable question, unless its meta.json says otherwise.

@@ -49,8 +49,11 @@ def main(section: Section) -> None:
 
     predictions, metrics, histograms = {}, {}, {}
     for name, path in compared.items():
-        completions, tokenizer = _generate(p, path, [r.prompt for r in records], sampling)
-        backtrack_id = _backtrack_id(tokenizer, path)
+        model, tokenizer = _load(p, path)
+        backtrack_id = _backtrack_id(tokenizer, path)  # before generating: a broken folder fails fast
+        completions = _generate(p, path, model, tokenizer, [r.prompt for r in records], sampling)
+        del model
+        gc.collect()  # one model in memory at a time
         rows = [{"id": r.id, **evaluation.score(ids, gold=r.answer, answerable=r.answerable, tokenizer=tokenizer,
                                                 backtrack_id=backtrack_id, pattern=p.answer_pattern, abstain=abstain)}
                 for r, ids in zip(records, completions, strict=True)]
@@ -77,25 +80,29 @@ def main(section: Section) -> None:
     _write_atomic(Path(p.metrics_file), json.dumps(metrics, indent=2) + "\n")
 
 
-def _generate(p, path: str, prompts: list[list[dict]], sampling) -> tuple[list[list[int]], object]:
-    """One model's completion ids, through the backend params chose; the model is freed before the next loads."""
-    from llmhalluc import evaluation, models
-    from llmhalluc.training import seed_everything
+def _load(p, path: str):
+    """(model, tokenizer); vLLM loads its own copy of the weights, so there the model is None."""
+    from llmhalluc import models
 
-    seed_everything(p.seed)  # per model: each model's samples do not depend on which models ran before it
     if p.backend == "vllm":
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        ids = [evaluation.prompt_ids(tokenizer, m) for m in prompts]
-        return evaluation.generate_vllm(path, tokenizer, ids, sampling=sampling, dtype=p.dtype), tokenizer
+        return None, AutoTokenizer.from_pretrained(path)
     model, tokenizer = models.load_model_and_tokenizer(path, dtype=p.dtype)
     model.eval()
+    return model, tokenizer
+
+
+def _generate(p, path: str, model, tokenizer, prompts: list[list[dict]], sampling) -> list[list[int]]:
+    """One model's completion ids for every prompt, through the backend params chose."""
+    from llmhalluc import evaluation
+    from llmhalluc.training import seed_everything
+
+    seed_everything(p.seed)  # per model: each model's samples do not depend on which models ran before it
     ids = [evaluation.prompt_ids(tokenizer, m) for m in prompts]
-    completions = evaluation.generate_transformers(model, tokenizer, ids, batch_size=p.batch_size, sampling=sampling)
-    del model
-    gc.collect()
-    return completions, tokenizer
+    if p.backend == "vllm":
+        return evaluation.generate_vllm(path, tokenizer, ids, sampling=sampling, dtype=p.dtype)
+    return evaluation.generate_transformers(model, tokenizer, ids, batch_size=p.batch_size, sampling=sampling)
 
 
 def _backtrack_id(tokenizer, path: str) -> int:

@@ -25,7 +25,7 @@ NUMERIC_PATTERN = r"The answer is (-?[\d,]*\.?\d+)"  # the numbers-only form old
         ("The answer is **42**.", "**42**", "42"),
         ("The answer is unanswerable.", "unanswerable", "unanswerable"),
         ("The answer is Denver Broncos.", "Denver Broncos", "denver broncos"),
-        ("The answer is the Norman conquest of England.", "the Norman conquest of England", "norman conquest of england"),
+        ("The answer is the Norman conquest.", "the Norman conquest", "norman conquest"),
         ("The answer is 7\nThat was easy.", "7", "7"),
     ],
 )

@@ -14,10 +14,11 @@ from llmhalluc.datasets.records import Record, chat_prompt, write_jsonl
 from llmhalluc.params import load_section
 from tests.conftest import ROOT, edit, run_stage_script
 
-MODELS_BLOCK = """  models:                       # name -> model folder or hub id, each evaluated and reported under its name
-    sft: models/sft             # the SFT stage's out (a full model or a LoRA adapter folder)
-    grpo: models/merged         # the GRPO model, merged (merge's out)
-"""
+MODELS_BLOCK = (
+    "  models:                       # name -> model folder or hub id, each evaluated and reported under its name\n"
+    "    sft: models/sft             # the SFT stage's out (a full model or a LoRA adapter folder)\n"
+    "    grpo: models/merged         # the GRPO model, merged (merge's out)\n"
+)
 QUESTIONS = [("Start with 3. Add 4. What is the result?", "7"), ("Start with 1. Add 1. What is the result?", "2"),
              ("Start with 9. Subtract 2. What is the result?", "7"), ("Start with 5. Add 3. What is the result?", "8"),
              ("Start with 2. Add 9. Subtract 1. What is the result?", "10")]

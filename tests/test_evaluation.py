@@ -134,7 +134,7 @@ def test_backtrack_token_and_base_come_from_lineage(tmp_path: Path):
 
 def test_a_builtin_or_missing_base_is_a_params_error(tmp_path: Path):
     (tmp_path / "lineage.json").write_text('{"base": "builtin:tiny-qwen2"}')
-    with pytest.raises(ParamsError, match="eval.include_base"):
+    with pytest.raises(ParamsError, match=r"eval\.include_base"):
         evaluation.base_model(tmp_path)
     with pytest.raises(ParamsError, match="records no base model"):
         evaluation.base_model(tmp_path / "nowhere")
