@@ -89,11 +89,13 @@ def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int
 
     stops = stop_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    # Decoding is exactly what the params say: generate() fills every knob left unset from the checkpoint's
+    # generation_config (Qwen2.5-Instruct ships repetition_penalty 1.05 and top_k 20), so those are set here.
     options: dict[str, Any] = {"do_sample": sampling.do_sample, "max_new_tokens": sampling.max_new_tokens,
-                               "pad_token_id": pad_id, "eos_token_id": sorted(stops)}
+                               "pad_token_id": pad_id, "eos_token_id": sorted(stops), "repetition_penalty": 1.0}
     if sampling.do_sample:
-        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
-    else:  # unset the sampling knobs a checkpoint's generation_config may carry, so greedy warns about nothing
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    else:  # greedy ignores the sampling knobs; left unset they are not even reported as unused
         options.update(temperature=None, top_p=None, top_k=None)
     # Longest first: similar lengths share a batch (little padding), and an out-of-memory shows at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

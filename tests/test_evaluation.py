@@ -185,3 +185,18 @@ def test_sampling_is_seeded(tiny):
         runs.append(evaluation.generate_transformers(model, tokenizer, prompts, batch_size=4, sampling=sampling))
     assert runs[0] == runs[1]
     assert len({tuple(ids) for ids in runs[0]}) > 1  # it did sample: four draws of one prompt differ
+
+
+def test_a_checkpoints_decoding_knobs_do_not_leak_into_greedy_eval(tiny):
+    """A hub checkpoint's generation_config (repetition penalty, top-k) must not change what eval measures."""
+    model, tokenizer = tiny
+    prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": "Start with 4. Add 4."}])]
+    sampling = evaluation.Sampling(max_new_tokens=16)
+    plain = evaluation.generate_transformers(model, tokenizer, prompts, batch_size=1, sampling=sampling)
+    config = model.generation_config
+    saved = config.repetition_penalty, config.top_k
+    config.repetition_penalty, config.top_k = 100.0, 1
+    try:
+        assert evaluation.generate_transformers(model, tokenizer, prompts, batch_size=1, sampling=sampling) == plain
+    finally:
+        config.repetition_penalty, config.top_k = saved
