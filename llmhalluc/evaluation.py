@@ -137,7 +137,7 @@ def generate_vllm(model_path: str, tokenizer: Any, prompts: Sequence[list[int]],
     llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=sampling.seed)
     params = SamplingParams(
         n=1, max_tokens=sampling.max_new_tokens, seed=sampling.seed, stop_token_ids=sorted(stops),
-        skip_special_tokens=False,
+        skip_special_tokens=False, repetition_penalty=1.0,
         temperature=sampling.temperature if sampling.do_sample else 0.0,
         top_p=sampling.top_p if sampling.do_sample else 1.0,
     )
