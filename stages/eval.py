@@ -15,7 +15,9 @@ import gc
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -24,6 +26,10 @@ from llmhalluc.datasets.records import read_jsonl
 from llmhalluc.errors import DataError
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage, staged_output
+
+if TYPE_CHECKING:
+    from llmhalluc.evaluation import Sampling
+    from llmhalluc.params.sections import EvalParams
 
 #: Columns of the one-row-per-answer CSV, in the order a reader wants them.
 CSV_COLUMNS = ["model", "id", "answerable", "gold", "answer", "outcome", "correct", "hallucinated", "backtracks",
@@ -80,7 +86,7 @@ def main(section: Section) -> None:
     _write_atomic(Path(p.metrics_file), json.dumps(metrics, indent=2) + "\n")
 
 
-def _load(p, path: str):
+def _load(p: EvalParams, path: str) -> tuple[Any, Any]:
     """(model, tokenizer); vLLM loads its own copy of the weights, so there the model is None."""
     from llmhalluc import models
 
@@ -93,7 +99,8 @@ def _load(p, path: str):
     return model, tokenizer
 
 
-def _generate(p, path: str, model, tokenizer, prompts: list[list[dict]], sampling) -> list[list[int]]:
+def _generate(p: EvalParams, path: str, model: Any, tokenizer: Any, prompts: list[list[dict]],
+              sampling: Sampling) -> list[list[int]]:
     """One model's completion ids for every prompt, through the backend params chose."""
     from llmhalluc import evaluation
     from llmhalluc.training import seed_everything
@@ -105,7 +112,7 @@ def _generate(p, path: str, model, tokenizer, prompts: list[list[dict]], samplin
     return evaluation.generate_transformers(model, tokenizer, ids, batch_size=p.batch_size, sampling=sampling)
 
 
-def _backtrack_id(tokenizer, path: str) -> int:
+def _backtrack_id(tokenizer: Any, path: str) -> int:
     """The id of the model's backtrack token; -1 (matches nothing) for a model that never learned one."""
     from llmhalluc import evaluation
 
@@ -133,7 +140,7 @@ def _abstain_phrase(meta_file: Path) -> str:
     return phrase
 
 
-def _write_csv(path: Path, header: list[str], rows) -> None:
+def _write_csv(path: Path, header: list[str], rows: Iterable[Sequence[Any]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
