@@ -30,6 +30,7 @@ _NUMBER_IN_TEXT = re.compile(r"[-−]?\$?\d[\d,]*(?:\.\d+)?|[-−]?\.\d+")
 _NUMBER = re.compile(r"[+-]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\$?\.\d+")
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+_DECORATION = " \t*_`'\"()[]{}"  # markdown emphasis, quotes and brackets around an answer
 
 
 def extract_answer(text: str, pattern: str = DEFAULT_PATTERN) -> str | None:
@@ -67,19 +68,18 @@ def _as_number(text: str) -> str | None:
 def normalize_answer(answer: str | None) -> str | None:
     """Canonical form for comparison, or None when there is no answer.
 
-    Numbers: no thousands separators, currency sign, trailing period or trailing
-    zeros (`$1,080.00.` -> `1080`, `-3` stays `-3`). Text: SQuAD's normalisation
-    (lower case, punctuation and articles dropped, spaces collapsed), then the
-    number rule again, so `**18**` is `18`. An answer that normalises to nothing is None.
+    Numbers: no thousands separators, currency sign, percent sign, trailing period
+    or trailing zeros, and no decoration around them (`$1,080.00.` and `**1080**` are
+    `1080`; `-3` stays `-3`). Anything else is text: SQuAD's normalisation (lower
+    case, punctuation and articles dropped, spaces collapsed). An answer that
+    normalises to nothing is None.
     """
     if answer is None:
         return None
     text = answer.strip().rstrip(".").strip()
-    number = _as_number(text)
+    bare = text.strip(_DECORATION).rstrip(".").removesuffix("%").strip()
+    number = _as_number(bare)
     if number is not None:
         return number
     words = " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
-    if not words:
-        return None
-    number = _as_number(words)
-    return number if number is not None else words
+    return words or None

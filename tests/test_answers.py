@@ -23,6 +23,7 @@ NUMERIC_PATTERN = r"The answer is (-?[\d,]*\.?\d+)"  # the numbers-only form old
         ("The answer is 0.5", "0.5", "0.5"),
         ("The answer is $1,234,567.00.", "$1,234,567.00", "1234567"),
         ("The answer is **42**.", "**42**", "42"),
+        ("The answer is (7.5%).", "(7.5%)", "7.5"),
         ("The answer is unanswerable.", "unanswerable", "unanswerable"),
         ("The answer is Denver Broncos.", "Denver Broncos", "denver broncos"),
         ("The answer is the Norman conquest.", "the Norman conquest", "norman conquest"),
@@ -48,16 +49,22 @@ def test_without_the_answer_sentence_the_last_number_is_taken():
 @pytest.mark.parametrize(
     ("a", "b"),
     [("1,080", "1080"), ("1080.0", "1080"), ("$18", "18"), ("18.", "18"), ("2.50", "2.5"), ("-3", "−3"),
-     ("+4", "4"), (".5", "0.5"), ("The Eiffel Tower", "eiffel tower!"), ("  Unanswerable. ", "unanswerable")],
+     ("+4", "4"), (".5", "0.5"), ("50%", "50"), ("`12`", "12"),
+     ("The Eiffel Tower", "eiffel tower!"), ("  Unanswerable. ", "unanswerable")],
 )
 def test_equal_answers_normalise_equal(a, b):
     assert normalize_answer(a) == normalize_answer(b)
 
 
 @pytest.mark.parametrize(("a", "b"), [("-3", "3"), ("2.5", "25"), ("1,080", "1,08"), ("18", "18 apples"),
-                                      ("0.5", "5")])
+                                      ("0.5", "5"), ("7.5%", "75")])
 def test_different_answers_stay_different(a, b):
     assert normalize_answer(a) != normalize_answer(b)
+
+
+def test_text_keeps_squad_normalisation():
+    assert normalize_answer("About 2.5 km.") == "about 25 km"  # as SQuAD's scorer does, for gold and answer alike
+    assert normalize_answer("The Denver Broncos") == normalize_answer("denver broncos")
 
 
 def test_nothing_left_is_no_answer():
