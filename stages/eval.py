@@ -46,6 +46,7 @@ def main(section: Section) -> None:
     records = read_jsonl(data_dir / "eval.jsonl")
     if not records:
         raise DataError(f"{data_dir / 'eval.jsonl'}: no eval records; raise prepare.sizes.eval")
+    _check_held_out(data_dir, records)
     abstain = _abstain_phrase(data_dir / "meta.json")
     compared = dict(p.models)
     if p.include_base:
@@ -124,6 +125,21 @@ def _backtrack_id(tokenizer: Any, path: str) -> int:
                         f"in {path} does not have it; the folder is incomplete (re-run the stage that wrote it)")
     print(f"eval: {path} has no {token!r} token (a base model?): it is scored with no backtracks", file=sys.stderr)
     return -1
+
+
+def _check_held_out(data_dir: Path, records: list) -> None:
+    """Refuse an eval set that shares a question with the training sets beside it (the original
+    project evaluated on its own training split; prepare keeps them disjoint, this keeps it honest)."""
+    questions = {r.question: r.id for r in records}
+    for split in ("sft", "grpo"):
+        path = data_dir / f"{split}.jsonl"
+        if not path.is_file():
+            continue
+        shared = [(questions[t.question], t.id) for t in read_jsonl(path) if t.question in questions]
+        if shared:
+            pairs = ", ".join(f"{e} = {t}" for e, t in shared[:5])
+            raise DataError(f"{data_dir / 'eval.jsonl'}: {len(shared)} eval question(s) also in {path} ({pairs}); "
+                            "eval must be held out: re-run `dvc repro prepare`")
 
 
 def _abstain_phrase(meta_file: Path) -> str:

@@ -194,6 +194,19 @@ def test_a_bad_meta_file_is_a_data_error_naming_it(workspace: Path, tmp_path: Pa
     _assert_earlier_outs(tmp_path)
 
 
+def test_an_eval_question_seen_in_training_is_a_data_error(workspace: Path, tmp_path: Path):
+    (tmp_path / "models").symlink_to(workspace / "models")
+    records = write_records(tmp_path / "data" / "prepared")
+    write_jsonl([Record(id="s7", question=records[2].question, steps=[], answer=records[2].answer)],
+                tmp_path / "data" / "prepared" / "sft.jsonl")
+    _earlier_outs(tmp_path)
+    (tmp_path / "params.yaml").write_text(eval_params((ROOT / "params.yaml").read_text()))
+    result = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert result.returncode == 3, result.stderr
+    assert "also in data/prepared/sft.jsonl (q2 = s7)" in result.stderr
+    _assert_earlier_outs(tmp_path)
+
+
 def test_a_tokenizer_missing_its_recorded_token_is_a_data_error(workspace: Path, tmp_path: Path):
     (tmp_path / "data").symlink_to(workspace / "data")
     build_model(tmp_path / "models" / "odd", seed=2, lineage={"backtrack_token": "<|never-added|>"})
