@@ -79,8 +79,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="eval.batch_size to time")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads for both paths (default: torch's own); "
+                        "1 keeps a shared, loaded machine from oversubscribing")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_throughput.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
         path, model_label = (args.model, args.model) if args.model else default_model(Path(scratch))
