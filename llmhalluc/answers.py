@@ -1,37 +1,85 @@
 """Final answers: pull the answer out of a solution text and normalise it for comparison.
 
-Rewards and eval both compare *normalised* answers, so `1,080`, `1080.0` and
-`1080.` are one answer and the model is not punished for formatting.
+Rewards and eval both compare *normalised* answers, so `1,080`, `$1080.00` and
+`1080.` are one answer and a model is not punished (or rewarded) for formatting.
+Answers are numbers (GSM8K, the built-in arithmetic task) or short text spans
+(SQuAD-style, and the abstain phrase "unanswerable"); one pattern and one
+normaliser serve both, and a number never goes through the text path.
+
+This module stays import-light (re, decimal): the params layer and the rewards
+import it.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from decimal import Decimal, InvalidOperation
 
-DEFAULT_PATTERN = r"The answer is (-?[\d,]*\.?\d+)"
-_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
+#: Group 1 is the final answer: everything after "The answer is" (any case, an optional colon)
+#: up to the first sentence-ending period (one followed by a space or the end, so "2.50" stays
+#: whole) or the end of the line; it never spans two sentences. Scoped flags only (`(?i:...)`),
+#: so the pattern can be embedded in a larger one, as the format reward does.
+DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\s|$))+?)[ \t]*(?:\.(?=\s|$)|(?=\n)|$)"
+
+#: What prepare writes as the gold answer of an unanswerable question, unless its meta.json says otherwise.
+DEFAULT_ABSTAIN = "unanswerable"
+
+_NUMBER_IN_TEXT = re.compile(r"[-−]?\$?\d[\d,]*(?:\.\d+)?|[-−]?\.\d+")
+# A whole answer that is a number: optional sign and currency sign, thousands groups or plain digits, decimals.
+_NUMBER = re.compile(r"[+-]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\$?\.\d+")
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_DECORATION = " \t*_`'\"()[]{}"  # markdown emphasis, quotes and brackets around an answer
 
 
 def extract_answer(text: str, pattern: str = DEFAULT_PATTERN) -> str | None:
-    """The last match of pattern's group 1; failing that the last number in the text; else None."""
-    matches = re.findall(pattern, text)
+    """The last match of pattern's group 1 (the whole match if it has no group); else the last number; else None.
+
+    The last match wins because a model that corrects itself states its final
+    answer last. The number fallback keeps a completion that shows its result
+    without the answer sentence comparable on numeric tasks.
+    """
+    compiled = re.compile(pattern)
+    matches = list(compiled.finditer(text))
     if matches:
         last = matches[-1]
-        return last if isinstance(last, str) else last[0]
-    numbers = _NUMBER.findall(text)
+        answer = last.group(1) if compiled.groups else last.group(0)
+        if answer is not None and answer.strip():
+            return answer.strip()
+    numbers = _NUMBER_IN_TEXT.findall(text)
     return numbers[-1] if numbers else None
 
 
-def normalize_answer(answer: str | None) -> str | None:
-    """Canonical form: numbers without separators, signs or trailing zeros; other text lower-cased."""
-    if answer is None:
+def _as_number(text: str) -> str | None:
+    """Canonical decimal text of a whole-number answer ("-1,080.50" -> "-1080.5"), or None if not a number."""
+    text = text.replace("−", "-")  # the Unicode minus sign
+    if not _NUMBER.fullmatch(text):
         return None
-    text = answer.strip().rstrip(".").replace(",", "").replace("$", "").strip()
     try:
-        number = Decimal(text)
+        number = Decimal(text.replace(",", "").replace("$", ""))
     except InvalidOperation:
-        return " ".join(text.lower().split())
+        return None
     if number == number.to_integral_value():
         return str(int(number))
     return format(number.normalize(), "f")
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical form for comparison, or None when there is no answer.
+
+    Numbers: no thousands separators, currency sign, percent sign, trailing period
+    or trailing zeros, and no decoration around them (`$1,080.00.` and `**1080**` are
+    `1080`; `-3` stays `-3`). Anything else is text: SQuAD's normalisation (lower
+    case, punctuation and articles dropped, spaces collapsed). An answer that
+    normalises to nothing is None.
+    """
+    if answer is None:
+        return None
+    text = answer.strip().rstrip(".").strip()
+    bare = text.strip(_DECORATION).rstrip(".").removesuffix("%").strip()
+    number = _as_number(bare)
+    if number is not None:
+        return number
+    words = " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+    return words or None

@@ -1,65 +1,299 @@
-"""Evaluation: batched generation and per-example scoring.
+"""Evaluation: batched generation, per-example scoring, and the metrics that measure hallucination and backtracking.
 
-Generation is batched with left padding (one `generate` call per batch), which
-is what makes eval cheap enough to run on every experiment.
+Generation is batched with left padding (one `generate` call per batch, prompts
+sorted by length so a batch pads little), which is what makes eval cheap enough
+to run on every experiment. Scoring works on token ids: a backtrack deletes one
+*token*, so the resolved text is rebuilt from ids, never from decoded text.
+
+Definitions (one example = one prompt and its one completion):
+
+- answer: the answer extracted from the backtrack-resolved completion, normalised;
+- correct: the answer equals the gold answer. An unanswerable question's gold
+  answer is the abstain phrase, so abstaining on it is correct (as the GRPO
+  accuracy reward counts it);
+- abstained: the answer is the abstain phrase;
+- outcome: "abstained" if abstained, else "correct", else "wrong" if there is an
+  answer, else "no_answer" (nothing could be extracted);
+- hallucinated: a confident wrong answer: an answer that is neither right nor
+  the abstain phrase, on an answerable question or on an unanswerable one;
+- unresolved answer: the answer extracted from the completion with the backtrack
+  tokens dropped but the tokens they delete kept: what the text said before its
+  backtracks took effect;
+- corrected: the completion backtracks, its answer is right and its unresolved
+  answer is not; broken: it backtracks, its unresolved answer is right and its
+  answer is not.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llmhalluc.answers import extract_answer, normalize_answer
-from llmhalluc.backtrack import count_backtracks, resolve_ids
+from llmhalluc.backtrack import DEFAULT_TOKEN, count_backtracks, resolve_ids
+from llmhalluc.errors import DataError, ParamsError
+
+OUTCOMES = ("correct", "wrong", "abstained", "no_answer")
 
 
-def generate_batched(model: Any, tokenizer: Any, prompts: Sequence[list[dict]], *, batch_size: int,
-                     max_new_tokens: int, do_sample: bool, temperature: float, top_p: float) -> list[list[int]]:
-    """Completion ids (prompt and padding stripped, up to the end-of-turn token) for each prompt."""
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings shared by every backend: greedy unless do_sample."""
+
+    max_new_tokens: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def stop_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
+    """Every id that ends a completion: the tokenizer's eos and the generation config's (Qwen lists two)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if not ids:
+        raise ParamsError("the tokenizer and generation config name no end-of-sequence token; eval cannot tell "
+                          "where a completion ends")
+    return ids
+
+
+def cut_at_stop(ids: Sequence[int], stops: set[int]) -> list[int]:
+    """The completion up to (not including) its first stop id; the padding after it goes too."""
+    for index, token in enumerate(ids):
+        if token in stops:
+            return list(ids[:index])
+    return list(ids)
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """The chat prompt as ids, with the assistant turn opened: exactly what SFT and GRPO condition on."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, batch_size: int,
+                          sampling: Sampling) -> list[list[int]]:
+    """Completion ids for each prompt (in input order), batch by batch with left padding."""
     import torch
 
-    tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
-    out: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
-                 for m in prompts[start:start + batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-        with torch.no_grad():
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **sampling)
-        for row in generated[:, batch["input_ids"].shape[1]:].tolist():
-            ids = row[: row.index(eos)] if eos in row else row
-            out.append([t for t in ids if t != tokenizer.pad_token_id])
+    stops = stop_ids(tokenizer, getattr(model, "generation_config", None))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    # Decoding is exactly what the params say: generate() fills every knob left unset from the checkpoint's
+    # generation_config (Qwen2.5-Instruct ships repetition_penalty 1.05 and top_k 20), so those are set here.
+    options: dict[str, Any] = {"do_sample": sampling.do_sample, "max_new_tokens": sampling.max_new_tokens,
+                               "pad_token_id": pad_id, "eos_token_id": sorted(stops), "repetition_penalty": 1.0}
+    if sampling.do_sample:
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    else:  # greedy ignores the sampling knobs; left unset they are not even reported as unused
+        options.update(temperature=None, top_p=None, top_k=None)
+    # Longest first: similar lengths share a batch (little padding), and an out-of-memory shows at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, index in enumerate(chunk):
+            ids = prompts[index]
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        with torch.inference_mode():
+            generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                       **options)
+        for row, index in enumerate(chunk):
+            out[index] = cut_at_stop(generated[row, width:].tolist(), stops)
     return out
 
 
-def score(completion_ids: list[int], gold: str, tokenizer: Any, backtrack_id: int) -> dict[str, Any]:
-    """One prediction row: raw and resolved text, extracted answers, correctness, backtracks."""
-    raw = tokenizer.decode(completion_ids, skip_special_tokens=False)
-    resolved_text = tokenizer.decode(resolve_ids(completion_ids, backtrack_id), skip_special_tokens=True)
-    unresolved_text = tokenizer.decode([t for t in completion_ids if t != backtrack_id], skip_special_tokens=True)
-    answer = normalize_answer(extract_answer(resolved_text))
+def generate_vllm(model_path: str, tokenizer: Any, prompts: Sequence[list[int]], *, sampling: Sampling,
+                  dtype: str) -> list[list[int]]:
+    """Completion ids from vLLM (GPU only). vLLM batches by itself; the prompts go in as ids, so the
+    chat template is applied exactly once, by the same tokenizer as on the transformers path."""
+    require_vllm("eval.backend")
+    if (Path(model_path) / "adapter_config.json").is_file():
+        raise ParamsError(f"eval.models: {model_path} is a LoRA adapter folder; eval.backend: vllm needs a full "
+                          "model folder (evaluate the merged model, or use eval.backend: transformers)")
+    from transformers import GenerationConfig
+    from vllm import LLM, SamplingParams
+
+    try:
+        generation_config = GenerationConfig.from_pretrained(model_path)
+    except OSError:  # a folder without generation_config.json: the tokenizer's eos alone
+        generation_config = None
+    stops = stop_ids(tokenizer, generation_config)
+    llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, seed=sampling.seed)
+    params = SamplingParams(
+        n=1, max_tokens=sampling.max_new_tokens, seed=sampling.seed, stop_token_ids=sorted(stops),
+        skip_special_tokens=False, repetition_penalty=1.0,
+        temperature=sampling.temperature if sampling.do_sample else 0.0,
+        top_p=sampling.top_p if sampling.do_sample else 1.0,
+    )
+    outputs = llm.generate([{"prompt_token_ids": list(ids)} for ids in prompts], params)
+    return [cut_at_stop(list(o.outputs[0].token_ids), stops) for o in outputs]
+
+
+def require_vllm(key: str) -> None:
+    """vLLM runs only on a CUDA GPU with the package installed; anything else is a params error naming key."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ParamsError(f"{key}: vllm needs a CUDA GPU and this machine has none; use transformers")
+    if importlib.util.find_spec("vllm") is None:
+        raise ParamsError(f"{key}: vllm is not installed (pip install vllm); or use transformers")
+
+
+# --------------------------------------------------------------------------- what a model folder records
+
+
+def lineage(folder: str | Path) -> dict[str, Any]:
+    """The folder's lineage.json ({} when it has none: a hub model, a folder made outside the pipeline)."""
+    path = Path(folder) / "lineage.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def lineage_value(record: dict[str, Any], *keys: str) -> Any:
+    """The first of keys found at the top of a lineage record, else in its upstream chain, else None.
+
+    The top level wins: each stage records its own view, and older folders kept
+    some facts only in the stage that introduced them.
+    """
+    while record:
+        for key in keys:
+            if record.get(key) is not None:
+                return record[key]
+        record = record.get("upstream") if isinstance(record.get("upstream"), dict) else {}
+    return None
+
+
+def backtrack_token(folder: str | Path) -> str:
+    """The backtrack token a model was trained with (lineage.json), else the project's default."""
+    return lineage_value(lineage(folder), "backtrack_token") or DEFAULT_TOKEN
+
+
+def base_model(folder: str | Path) -> str:
+    """The base model (hub id or path) a trained folder started from, as its lineage records it.
+
+    The built-in tiny model is built inside train_sft from the prepared data and
+    not kept, so it cannot be reloaded here: that is a params error with the way out.
+    """
+    base = lineage_value(lineage(folder), "base_model_dir", "base_path", "base_model", "base")
+    if isinstance(base, dict):
+        base = base.get("path") or base.get("name_or_path") or base.get("id")
+    if not isinstance(base, str) or not base:
+        raise ParamsError(f"eval.include_base: {Path(folder) / 'lineage.json'} records no base model; "
+                          "name it yourself under eval.models (e.g. base: Qwen/Qwen2.5-0.5B-Instruct)")
+    if base.startswith("builtin:"):
+        raise ParamsError(f"eval.include_base: the base of {folder} is the built-in {base}, which train_sft builds "
+                          "and does not save; set include_base: false, or add a saved copy under eval.models")
+    return base
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score(ids: Sequence[int], *, gold: str, answerable: bool, tokenizer: Any, backtrack_id: int,
+          pattern: str, abstain: str) -> dict[str, Any]:
+    """One prediction row: raw and resolved text, answers, outcome and backtrack facts (see the module doc)."""
+    resolved = resolve_ids(ids, backtrack_id)
+    raw_text = tokenizer.decode(list(ids), skip_special_tokens=False)
+    resolved_text = tokenizer.decode(resolved, skip_special_tokens=True)
+    unresolved_text = tokenizer.decode([t for t in ids if t != backtrack_id], skip_special_tokens=True)
+    extracted = extract_answer(resolved_text, pattern)
+    answer = normalize_answer(extracted)
+    answer_unresolved = normalize_answer(extract_answer(unresolved_text, pattern))
+    gold_norm = normalize_answer(gold)
+    abstain_norm = normalize_answer(abstain)
+    backtracks = count_backtracks(ids, backtrack_id)
+    correct = answer is not None and answer == gold_norm
+    correct_unresolved = answer_unresolved is not None and answer_unresolved == gold_norm
+    abstained = answer is not None and answer == abstain_norm
+    if abstained:
+        outcome = "abstained"
+    elif correct:
+        outcome = "correct"
+    else:
+        outcome = "wrong" if answer is not None else "no_answer"
     return {
-        "raw": raw,
-        "resolved": resolved_text,
+        "answerable": answerable,
+        "gold": gold,
         "answer": answer,
-        "gold": normalize_answer(gold),
-        "correct": answer is not None and answer == normalize_answer(gold),
-        "correct_unresolved": normalize_answer(extract_answer(unresolved_text)) == normalize_answer(gold),
-        "backtracks": count_backtracks(completion_ids, backtrack_id),
-        "length": len(completion_ids),
+        "extracted": extracted,
+        "outcome": outcome,
+        "correct": correct,
+        "abstained": abstained,
+        "hallucinated": outcome == "wrong",
+        "answer_unresolved": answer_unresolved,
+        "correct_unresolved": correct_unresolved,
+        "backtracks": backtracks,
+        "corrected": backtracks > 0 and correct and not correct_unresolved,
+        "broken": backtracks > 0 and correct_unresolved and not correct,
+        "length": len(ids),
+        "resolved_length": len(resolved),
+        "raw": raw_text,
+        "resolved": resolved_text,
     }
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
-    n = max(len(rows), 1)
-    return {
-        "accuracy": round(sum(r["correct"] for r in rows) / n, 6),
-        "accuracy_unresolved": round(sum(r["correct_unresolved"] for r in rows) / n, 6),
-        "backtrack_rate": round(sum(r["backtracks"] > 0 for r in rows) / n, 6),
-        "mean_backtracks": round(sum(r["backtracks"] for r in rows) / n, 6),
-        "mean_length": round(sum(r["length"] for r in rows) / n, 6),
-        "examples": len(rows),
+def _share(part: int, whole: int) -> float | None:
+    """part / whole rounded for a stable metrics file; None (JSON null) when whole is 0: undefined, not zero."""
+    return round(part / whole, 6) if whole else None
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics of one model's predictions; rates are shares of all examples unless named otherwise.
+
+    abstention_precision (abstentions on unanswerable questions / all abstentions)
+    and abstention_recall (abstentions on unanswerable / unanswerable questions) exist
+    only for a set with unanswerable questions. Rates whose denominator is empty
+    (correction_rate with no backtracking completion) are null.
+    """
+    n = len(rows)
+    unanswerable = [r for r in rows if not r["answerable"]]
+    abstained = [r for r in rows if r["abstained"]]
+    backtracking = [r for r in rows if r["backtracks"] > 0]
+    metrics: dict[str, Any] = {
+        "examples": n,
+        "accuracy": _share(sum(r["correct"] for r in rows), n),
+        "accuracy_unresolved": _share(sum(r["correct_unresolved"] for r in rows), n),
+        "hallucination_rate": _share(sum(r["hallucinated"] for r in rows), n),
+        "abstention_rate": _share(len(abstained), n),
+        "no_answer_rate": _share(sum(r["outcome"] == "no_answer" for r in rows), n),
+        "backtrack_rate": _share(len(backtracking), n),
+        "mean_backtracks": _share(sum(r["backtracks"] for r in rows), n),
+        "correction_rate": _share(sum(r["corrected"] for r in backtracking), len(backtracking)),
+        "breakage_rate": _share(sum(r["broken"] for r in backtracking), len(backtracking)),
+        "mean_length": _share(sum(r["length"] for r in rows), n),
+        "mean_resolved_length": _share(sum(r["resolved_length"] for r in rows), n),
     }
+    if unanswerable:
+        metrics["abstention_precision"] = _share(sum(not r["answerable"] for r in abstained), len(abstained))
+        metrics["abstention_recall"] = _share(sum(r["abstained"] for r in unanswerable), len(unanswerable))
+    return metrics
+
+
+def backtrack_histogram(rows: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(backtracks, completions) for every count from 0 to the most seen, zeros included, for a bar plot."""
+    counts = Counter(r["backtracks"] for r in rows)
+    top = max(counts, default=0)
+    return [(k, counts.get(k, 0)) for k in range(top + 1)]

@@ -286,6 +286,51 @@ def _eval_sampling(section: Section, problems: Problems) -> None:
         problems.append(f"{section.where('top_p')}: eval.top_p: must be in (0, 1], got {p.top_p}")
 
 
+#: A model's name becomes a file name (eval/predictions/<name>.jsonl) and a metrics key (<name>.accuracy).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _eval_models(section: Section, problems: Problems) -> None:
+    p = section.project
+    if not p.models:
+        problems.append(f"{section.where('models')}: eval.models: name at least one model to evaluate "
+                        "(e.g. sft: models/sft)")
+    for name in p.models:
+        if not _MODEL_NAME.fullmatch(name):
+            problems.append(f"{section.where('models', name)}: eval.models.{name}: a model name must be letters, "
+                            "digits, '_' or '-' (it names a predictions file and a metrics key)")
+    if p.include_base and "base" in p.models:
+        problems.append(f"{section.where('include_base')}: eval.include_base: true adds a model named 'base', and "
+                        "eval.models already has one; rename it or set include_base: false")
+
+
+def _eval_answers(section: Section, problems: Problems) -> None:
+    try:
+        groups = re.compile(section.project.answer_pattern).groups
+    except re.error as exc:
+        problems.append(f"{section.where('answer_pattern')}: eval.answer_pattern: not a valid regex ({exc})")
+        return
+    if groups < 1:
+        problems.append(f"{section.where('answer_pattern')}: eval.answer_pattern: needs a capture group; "
+                        "group 1 is taken as the final answer")
+
+
+def _eval_backend(section: Section, problems: Problems) -> None:
+    """vLLM only where it can run; torch and the package are looked up only when it is asked for."""
+    if section.project.backend != "vllm":
+        return
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        problems.append(f"{section.where('backend')}: eval.backend: vllm needs a CUDA GPU and this machine has "
+                        "none; use transformers")
+    elif importlib.util.find_spec("vllm") is None:
+        problems.append(f"{section.where('backend')}: eval.backend: vllm is not installed (pip install vllm); "
+                        "or use transformers")
+
+
 _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
     "prepare": [
         _prepare,
@@ -297,7 +342,7 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
     "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
     "merge": [],
-    "eval": [_eval_sampling, _positive("batch_size", "max_new_tokens")],
+    "eval": [_eval_sampling, _eval_models, _eval_answers, _eval_backend, _positive("batch_size", "max_new_tokens")],
 }
 
 #: Keys naming an input that must exist before the stage runs: (section, key).
@@ -305,7 +350,7 @@ _INPUT_PATHS = {
     "sft": ["data_dir", "model_name_or_path"],
     "grpo": ["data_dir", "model_name_or_path"],
     "merge": ["model_dir"],
-    "eval": ["data_dir", "model_name_or_path"],
+    "eval": ["data_dir", "models"],
 }
 
 
@@ -324,8 +369,12 @@ def _missing_paths(section: Section) -> Problems:
     problems = []
     for key in _INPUT_PATHS.get(section.name, []):
         value = getattr(section.project, key)
-        if looks_local(value) and not Path(value).expanduser().exists():
-            problems.append(f"{section.where(key)}: {section.name}.{key}: path {value!r} does not exist")
+        named = value.items() if isinstance(value, dict) else [(None, value)]  # a mapping: name -> path
+        for name, path in named:
+            keys = (key,) if name is None else (key, name)
+            if looks_local(path) and not Path(path).expanduser().exists():
+                problems.append(f"{section.where(*keys)}: {section.name}.{'.'.join(keys)}: path {path!r} does not "
+                                "exist")
     return problems
 
 

@@ -197,19 +197,27 @@ class MergeParams:
 
 @dataclass
 class EvalParams:
-    """params.yaml[eval]."""
+    """params.yaml[eval]: the models compared side by side on prepare's held-out eval set."""
 
-    model_name_or_path: str = param("models/merged", "the model to evaluate (the merge stage's out)")
-    data_dir: str = param("data/prepared", "prepared data; eval reads only its held-out set")
-    out_dir: str = param("eval", "predictions and per-example results (the stage's out)")
-    metrics_file: str = param("metrics/eval.json", "summary metrics DVC shows")
-    batch_size: int = param(64, "examples generated together (left padding)")
-    max_new_tokens: int = param(64, "longest completion")
+    models: dict[str, str] = param(
+        {"sft": "models/sft", "grpo": "models/merged"},
+        "name -> model folder or hub id; each is evaluated and reported under its name",
+    )
+    include_base: bool = param(False, "also evaluate the base model recorded in base_from's lineage.json, as 'base'")
+    base_from: str = param("models/sft", "model folder whose lineage.json records the base model")
+    data_dir: str = param("data/prepared", "prepared data; eval reads only its held-out eval.jsonl and meta.json")
+    out_dir: str = param("eval", "per-example predictions of every model (the stage's out)")
+    metrics_file: str = param("metrics/eval.json", "summary metrics DVC shows, one block per model")
+    plots_dir: str = param("plots/eval", "CSV files behind the eval plots in dvc.yaml")
+    backend: Literal["transformers", "vllm"] = param("transformers", "generation engine; vllm needs a CUDA GPU")
+    batch_size: int = param(64, "prompts generated together (left padding)")
+    max_new_tokens: int = param(64, "longest completion (tokens)")
     do_sample: bool = param(False, "sample instead of greedy decoding")
     temperature: float = param(1.0, "sampling temperature (with do_sample)")
     top_p: float = param(1.0, "nucleus sampling mass (with do_sample)")
-    seed: int = param(0, "seed for sampling")
+    seed: int = param(0, "seed for sampling (re-applied before each model)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
+    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer")
 
 
 #: params.yaml section -> the class of its project keys.

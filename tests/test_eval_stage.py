@@ -1,0 +1,242 @@
+"""The eval stage end to end on tiny models: what a user opens afterwards, and the errors that stop it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from llmhalluc.answers import DEFAULT_PATTERN
+from llmhalluc.datasets.records import Record, chat_prompt, write_jsonl
+from llmhalluc.params import load_section
+from tests.conftest import ROOT, edit, run_stage_script
+
+MODELS_BLOCK = (
+    "  models:                       # name -> model folder or hub id, each evaluated and reported under its name\n"
+    "    sft: models/sft             # the SFT stage's out (a full model or a LoRA adapter folder)\n"
+    "    grpo: models/merged         # the GRPO model, merged (merge's out)\n"
+)
+QUESTIONS = [("Start with 3. Add 4. What is the result?", "7"), ("Start with 1. Add 1. What is the result?", "2"),
+             ("Start with 9. Subtract 2. What is the result?", "7"), ("Start with 5. Add 3. What is the result?", "8"),
+             ("Start with 2. Add 9. Subtract 1. What is the result?", "10")]
+ABSTAIN = "cannot be answered"
+
+
+def eval_params(params_text: str, models: str = "    sft: models/a\n    grpo: models/b\n", **changes: str) -> str:
+    text = edit(params_text, MODELS_BLOCK, "  models:\n" + models)
+    text = edit(text, "  max_new_tokens: 48 ", "  max_new_tokens: 12 ")
+    text = edit(text, "  batch_size: 64 ", "  batch_size: 4 ")
+    for old, new in changes.items():
+        text = edit(text, old, new)
+    return text
+
+
+def write_records(folder: Path) -> list[Record]:
+    records = [Record(id=f"q{i}", question=q, steps=[], answer=a, prompt=chat_prompt(q, "Solve the problem."))
+               for i, (q, a) in enumerate(QUESTIONS)]
+    question = "Start with the number of moons of Zorblax. Add 2. What is the result?"
+    records.append(Record(id="u0", question=question, steps=[], answer=ABSTAIN, answerable=False,
+                          prompt=chat_prompt(question, "Solve the problem.")))
+    write_jsonl(records, folder / "eval.jsonl")
+    (folder / "meta.json").write_text(json.dumps({"abstain_answer": ABSTAIN}))
+    return records
+
+
+def build_model(folder: Path, seed: int, lineage: dict | None = None) -> Path:
+    from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+
+    corpus = [f"Start with {a}. Add {b}. {a} + {b} = {a + b}. The answer is {a + b}." for a in range(10)
+              for b in range(10)] + [f"The answer is {ABSTAIN}."]
+    build_tiny_model(folder, corpus, hidden_size=32, intermediate_size=64, seed=seed)
+    model, tokenizer = load_model_and_tokenizer(str(folder), dtype="float32")
+    add_backtrack_token(model, tokenizer, seed=seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    if lineage is not None:
+        (folder / "lineage.json").write_text(json.dumps(lineage))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder with two tiny models (a with lineage, b without) and six eval records."""
+    root = tmp_path_factory.mktemp("eval-stage")
+    build_model(root / "models" / "a", seed=0, lineage={"stage": "train_sft", "base": "builtin:tiny-qwen2",
+                                                         "backtrack_token": "<|backtrack|>"})
+    build_model(root / "models" / "b", seed=1)
+    write_records(root / "data" / "prepared")
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace: Path) -> Path:
+    (workspace / "params.yaml").write_text(eval_params((ROOT / "params.yaml").read_text()))
+    result = run_stage_script("eval", workspace, "--params", "params.yaml")
+    assert result.returncode == 0, result.stderr
+    return workspace
+
+
+def test_metrics_put_every_model_side_by_side(first_run: Path):
+    metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
+    assert list(metrics) == ["sft", "grpo"]
+    for block in metrics.values():
+        assert block["examples"] == 6
+        for key in ("accuracy", "accuracy_unresolved", "hallucination_rate", "abstention_rate", "backtrack_rate",
+                    "mean_backtracks", "correction_rate", "mean_length", "abstention_precision",
+                    "abstention_recall"):
+            assert key in block
+        assert 0.0 <= block["accuracy"] <= 1.0 and block["mean_length"] > 0
+
+
+def test_predictions_are_files_a_user_can_open(first_run: Path):
+    records = [json.loads(line) for line in (first_run / "data" / "prepared" / "eval.jsonl").read_text().splitlines()]
+    metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
+    for name in ("sft", "grpo"):
+        rows = [json.loads(line) for line in (first_run / "eval" / "predictions" / f"{name}.jsonl").open()]
+        assert [r["id"] for r in rows] == [r["id"] for r in records]
+        assert [r["gold"] for r in rows] == [r["answer"] for r in records]
+        assert rows[-1]["answerable"] is False
+        for row in rows:
+            assert row["outcome"] in ("correct", "wrong", "abstained", "no_answer")
+            assert isinstance(row["raw"], str) and isinstance(row["resolved"], str)
+            assert row["backtracks"] == row["raw"].count("<|backtrack|>")
+        # The summary is exactly the per-example rows, aggregated.
+        assert metrics[name]["accuracy"] == round(sum(r["correct"] for r in rows) / len(rows), 6)
+        assert metrics[name]["hallucination_rate"] == round(sum(r["outcome"] == "wrong" for r in rows) / len(rows), 6)
+    with (first_run / "eval" / "predictions.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 12 and {r["model"] for r in table} == {"sft", "grpo"}
+    resolved = json.loads((first_run / "eval" / "resolved_params.json").read_text())
+    assert resolved["compared"] == {"sft": "models/a", "grpo": "models/b"}
+    assert resolved["abstain_answer"] == ABSTAIN  # read from prepare's meta.json, not the default
+
+
+def test_plot_files_behind_dvc_plots(first_run: Path):
+    with (first_run / "plots" / "eval" / "models.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["model"] for r in table] == ["sft", "grpo"]
+    metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
+    assert float(table[0]["accuracy"]) == metrics["sft"]["accuracy"]
+    for name in ("sft", "grpo"):
+        with (first_run / "plots" / "eval" / "backtracks" / f"{name}.csv").open() as handle:
+            histogram = list(csv.DictReader(handle))
+        assert sum(int(r["completions"]) for r in histogram) == 6
+
+
+def test_same_params_same_results(first_run: Path):
+    before = (first_run / "metrics" / "eval.json").read_text(), (first_run / "eval" / "predictions.csv").read_text()
+    result = run_stage_script("eval", first_run, "--params", "params.yaml")
+    assert result.returncode == 0, result.stderr
+    after = (first_run / "metrics" / "eval.json").read_text(), (first_run / "eval" / "predictions.csv").read_text()
+    assert before == after
+
+
+# --------------------------------------------------------------------------- errors leave earlier outs intact
+
+
+def _earlier_outs(root: Path) -> None:
+    (root / "eval").mkdir(parents=True, exist_ok=True)
+    (root / "eval" / "predictions.csv").write_text("earlier")
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "eval.json").write_text('{"earlier": 1}')
+
+
+def _assert_earlier_outs(root: Path) -> None:
+    assert (root / "eval" / "predictions.csv").read_text() == "earlier"
+    assert (root / "metrics" / "eval.json").read_text() == '{"earlier": 1}'
+
+
+@pytest.mark.parametrize(
+    ("models", "changes", "fragments"),
+    [
+        ("    sft: models/a\n    grpo: ./models/none\n", {}, ["eval.models.grpo: path './models/none' does not exist"]),
+        ("    sft: models/a\n", {"  backend: transformers ": "  backend: vllm "}, ["eval.backend: vllm needs"]),
+        ("    sft: models/a\n    base: models/a\n", {"  include_base: false ": "  include_base: true "},
+         ["eval.include_base", "already has one"]),
+        ("    s/ft: models/a\n", {}, ["eval.models.s/ft: a model name must be"]),
+        ("    sft: models/a\n", {"  answer_pattern: '": "  answer_pattern: 'The answer is \\d+' #"},
+         ["eval.answer_pattern: needs a capture group"]),
+        ("    sft: models/a\n", {"  include_base: false ": "  include_base: true ", "  base_from: models/sft ":
+                                 "  base_from: models/a "}, ["the built-in builtin:tiny-qwen2", "include_base: false"]),
+    ],
+    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "builtin-base"],
+)
+def test_bad_params_exit_2_naming_the_key(workspace: Path, tmp_path: Path, models, changes, fragments):
+    import torch
+
+    if "vllm" in str(changes) and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: vllm may be allowed here")
+    root = tmp_path
+    (root / "models").symlink_to(workspace / "models")
+    (root / "data").symlink_to(workspace / "data")
+    _earlier_outs(root)
+    (root / "params.yaml").write_text(eval_params((ROOT / "params.yaml").read_text(), models, **changes))
+    result = run_stage_script("eval", root, "--params", "params.yaml")
+    assert result.returncode == 2, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    _assert_earlier_outs(root)
+
+
+def test_a_bad_meta_file_is_a_data_error_naming_it(workspace: Path, tmp_path: Path):
+    (tmp_path / "models").symlink_to(workspace / "models")
+    write_records(tmp_path / "data" / "prepared")
+    (tmp_path / "data" / "prepared" / "meta.json").write_text('{"abstain_answer": ')
+    _earlier_outs(tmp_path)
+    (tmp_path / "params.yaml").write_text(eval_params((ROOT / "params.yaml").read_text()))
+    result = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert result.returncode == 3, result.stderr
+    assert "data/prepared/meta.json: not valid JSON" in result.stderr
+    _assert_earlier_outs(tmp_path)
+
+
+def test_an_eval_question_seen_in_training_is_a_data_error(workspace: Path, tmp_path: Path):
+    (tmp_path / "models").symlink_to(workspace / "models")
+    records = write_records(tmp_path / "data" / "prepared")
+    write_jsonl([Record(id="s7", question=records[2].question, steps=[], answer=records[2].answer)],
+                tmp_path / "data" / "prepared" / "sft.jsonl")
+    _earlier_outs(tmp_path)
+    (tmp_path / "params.yaml").write_text(eval_params((ROOT / "params.yaml").read_text()))
+    result = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert result.returncode == 3, result.stderr
+    assert "also in data/prepared/sft.jsonl (q2 = s7)" in result.stderr
+    _assert_earlier_outs(tmp_path)
+
+
+def test_a_tokenizer_missing_its_recorded_token_is_a_data_error(workspace: Path, tmp_path: Path):
+    (tmp_path / "data").symlink_to(workspace / "data")
+    build_model(tmp_path / "models" / "odd", seed=2, lineage={"backtrack_token": "<|never-added|>"})
+    _earlier_outs(tmp_path)
+    text = eval_params((ROOT / "params.yaml").read_text(), "    odd: models/odd\n")
+    (tmp_path / "params.yaml").write_text(text)
+    result = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert result.returncode == 3, result.stderr
+    assert "'<|never-added|>'" in result.stderr and "models/odd/lineage.json" in result.stderr
+    _assert_earlier_outs(tmp_path)
+
+
+# --------------------------------------------------------------------------- the repo's own files
+
+
+def test_dvc_eval_stage_tracks_every_model_it_reads_and_declares_its_plots():
+    dvc = YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())
+    stage = dvc["stages"]["eval"]
+    p = load_section("eval", ROOT / "params.yaml", for_run=False).project
+    assert set(p.models.values()) <= set(stage["deps"])
+    assert f"{p.data_dir}" in stage["deps"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]}
+    assert {p.out_dir, p.plots_dir} <= outs
+    plotted = set()
+    for plot in dvc["plots"]:
+        (plot_id, spec), = plot.items()
+        ys = spec.get("y")
+        plotted |= set(ys) if isinstance(ys, dict) else {plot_id}
+    assert {f"{p.plots_dir}/models.csv", f"{p.plots_dir}/backtracks"} <= plotted
+
+
+def test_params_file_spells_out_the_default_answer_pattern():
+    assert load_section("eval", ROOT / "params.yaml", for_run=False).project.answer_pattern == DEFAULT_PATTERN
