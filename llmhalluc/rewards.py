@@ -185,15 +185,26 @@ def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> R
 def answer_format(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
     """1.0 when the resolved completion ends with the trained answer sentence, else 0.0.
 
-    The sentence is grpo.rewards.accuracy.answer_pattern followed by
-    grpo.rewards.format.terminator ("... The answer is 7."); only whitespace and
-    special tokens (end of turn) may follow it. Correctness is not judged here.
+    The sentence is the last match of grpo.rewards.accuracy.answer_pattern,
+    closed by grpo.rewards.format.terminator ("... The answer is 7."): the
+    terminator either right after the match or as the match's own last
+    character (the default pattern consumes the closing period). Only
+    whitespace and special tokens (end of turn) may follow. Correctness is not
+    judged here.
     """
-    ending = re.compile(r"(?:" + options.accuracy.answer_pattern + r")" + re.escape(options.format.terminator)
-                        + r"\s*$")
+    pattern = re.compile(options.accuracy.answer_pattern)
+    terminator = options.format.terminator
+
+    def ends_with_answer(text: str) -> bool:
+        text = text.rstrip()
+        matches = list(pattern.finditer(text))
+        if not matches:
+            return False
+        tail = text[matches[-1].end():]  # the last answer sentence is the one that counts
+        return tail == terminator or (not tail and text.endswith(terminator))
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
-        return [float(bool(ending.search(text))) for text in resolved_texts(tokenizer, backtrack_id, completion_ids)]
+        return [float(ends_with_answer(text)) for text in resolved_texts(tokenizer, backtrack_id, completion_ids)]
 
     return score
 

@@ -242,7 +242,9 @@ def test_format_wants_the_answer_sentence_at_the_end(tokenizer, c, conversationa
 
 
 def test_format_terminator_is_an_option(tokenizer, c):
-    fn = one("format", tokenizer, options(format=FormatRewardOptions(terminator="")))
+    # A numbers-only pattern: with a text-capable one, "7 So" would itself be the answer.
+    fn = one("format", tokenizer, options(format=FormatRewardOptions(terminator=""),
+                                          accuracy=AccuracyRewardOptions(answer_pattern=r"The answer is (-?\d+)")))
     scores, _ = call(fn, tokenizer, [c.build("The answer is 7"), c.build("The answer is 7 So")], ["7", "7"])
     assert scores == [1.0, 0.0]
 
