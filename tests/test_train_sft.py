@@ -199,3 +199,62 @@ def test_lora_saves_adapter_with_both_backtrack_rows(tmp_path: Path, prepared: P
     ids = torch.tensor([tok.encode(f"8 + 4 = 1{tok.convert_ids_to_tokens(bt)}12.")])
     with torch.no_grad():
         assert torch.allclose(stacked(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_kill_9_then_rerun_resumes_and_matches(tmp_path: Path, prepared: Path) -> None:
+    """The real thing: SIGKILL the stage process once a checkpoint exists, run the stage again (LoRA run)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from llmhalluc.checkpoints import checkpoints, is_complete
+    from tests.conftest import ROOT
+    from tests.tiny_project import write_params
+
+    edits = {"sft.lora.enabled": True, "sft.max_steps": 16, "sft.save_steps": 2, "sft.logging_steps": 2}
+    whole = project(tmp_path / "whole", prepared)
+    run("train_sft", "sft", whole, edits)
+
+    killed = project(tmp_path / "killed", prepared)
+    write_params(killed, {**TINY, **edits})
+    script = [sys.executable, str(ROOT / "stages/train_sft.py")]
+    proc = subprocess.Popen(script, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 300
+    while not any(is_complete(c) for c in checkpoints(killed / "checkpoints/sft")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "models/sft").exists()
+
+    done = subprocess.run(script, cwd=killed, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resume: resuming from checkpoints/sft/checkpoint-" in done.stdout
+    from safetensors.torch import load_file
+
+    a = load_file(str(whole / "models/sft/adapter_model.safetensors"))
+    b = load_file(str(killed / "models/sft/adapter_model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert curve(killed) == curve(whole)
+
+
+def test_one_dvclive_logger_even_if_report_to_names_it(tmp_path: Path) -> None:
+    from datasets import Dataset
+    from transformers.integrations import DVCLiveCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from llmhalluc import tracking
+
+    model, tokenizer = load_model_and_tokenizer(str(build_tiny_model(tmp_path / "m", ["1 + 1 = 2."] * 5,
+                                                                     hidden_size=32, num_heads=2)))
+    args = SFTConfig(output_dir=str(tmp_path / "out"), report_to=["dvclive"], use_cpu=True, bf16=False)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list([{"input_ids": [1, 2, 3]}]))
+    tracking.attach(trainer, tmp_path / "live")
+    live = [c for c in trainer.callback_handler.callbacks if isinstance(c, DVCLiveCallback)]
+    assert len(live) == 1 and isinstance(live[0], tracking.TrainerLive)
+    assert live[0].live._dvcyaml is None and live[0].live._save_dvc_exp is False
