@@ -89,7 +89,7 @@ def git_state(cwd: str | Path = ".") -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": dirty}
 
 
-def hub_revision(name_or_path: str) -> str | None:
+def hub_revision(name_or_path: str, cache_dir: str | Path | None = None) -> str | None:
     """The commit hash of the cached snapshot a hub id resolves to, when it can be known offline.
 
     A local folder has no revision (None). For a hub id the snapshot folder name in the HF
@@ -102,7 +102,7 @@ def hub_revision(name_or_path: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(name_or_path, "config.json")
+    found = try_to_load_from_cache(name_or_path, "config.json", cache_dir=cache_dir)
     if not isinstance(found, str):
         return None
     parts = Path(found).parts

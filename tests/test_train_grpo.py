@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmhalluc.models import load_model_and_tokenizer
 from tests.tiny_project import run
@@ -93,3 +94,31 @@ def test_trainer_uses_the_params(tmp_path: Path, sft_lora: Path, monkeypatch) ->
     prompts = [tuple(row[mask.bool()].tolist()) for row, mask in zip(batch["prompt_ids"], batch["prompt_mask"],
                                                                      strict=True)]
     assert sorted(prompts.count(p) for p in set(prompts)) == [4, 4]
+
+
+def test_resume_after_crash_equals_uninterrupted(tmp_path: Path, sft_lora: Path, monkeypatch, capsys) -> None:
+    from safetensors.torch import load_file
+
+    from llmhalluc import checkpoints
+
+    edits = {"grpo.max_steps": 4, "grpo.save_steps": 2}
+    whole = project(tmp_path / "whole", sft_lora)
+    run("train_grpo", "grpo", whole, edits)
+    crashed = project(tmp_path / "crashed", sft_lora)
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints, "clean", lambda output_dir: None)
+        run("train_grpo", "grpo", crashed, edits)
+    (crashed / "checkpoints/grpo/checkpoint-4/trainer_state.json").unlink()  # died while saving step 4
+    shutil.rmtree(crashed / "models/grpo")
+    capsys.readouterr()
+    run("train_grpo", "grpo", crashed, edits)
+    assert "resuming from checkpoints/grpo/checkpoint-2" in capsys.readouterr().out
+
+    a, b = (load_file(str(f / "models/grpo/model.safetensors")) for f in (whole, crashed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    live = "dvclive/train_grpo/plots/metrics/train/reward.tsv"
+    assert (crashed / live).read_text() == (whole / live).read_text()
+    tables = [sorted(p.name for p in (f / "dvclive/train_grpo/completions").iterdir()) for f in (whole, crashed)]
+    assert tables[0] == tables[1] == [f"step_0000{i}.json" for i in range(1, 5)]
+    step3 = "dvclive/train_grpo/completions/step_00003.json"  # generated after the resume: same samples
+    assert (crashed / step3).read_text() == (whole / step3).read_text()
