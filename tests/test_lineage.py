@@ -41,5 +41,5 @@ def test_round_trip_chain_and_bad_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="backtrack_token"):
         write_lineage(tmp_path, {"kind": "full"})
     (tmp_path / "lineage.json").write_text(json.dumps({"kind": "merged"}))
-    with pytest.raises(DataError, match="lineage.json: 'kind' must be one of full, lora"):
+    with pytest.raises(DataError, match=r"lineage\.json: 'kind' must be one of full, lora"):
         read_lineage(tmp_path)
