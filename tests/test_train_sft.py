@@ -258,3 +258,31 @@ def test_one_dvclive_logger_even_if_report_to_names_it(tmp_path: Path) -> None:
     live = [c for c in trainer.callback_handler.callbacks if isinstance(c, DVCLiveCallback)]
     assert len(live) == 1 and isinstance(live[0], tracking.TrainerLive)
     assert live[0].live._dvcyaml is None and live[0].live._save_dvc_exp is False
+
+
+def test_lora_on_a_tied_model_trains_the_one_shared_row(tmp_path: Path) -> None:
+    """Hub models such as Qwen2.5-0.5B tie lm_head to the embedding: one trainable row serves both sides."""
+    from datasets import Dataset
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from llmhalluc.params.sections import LoraParams
+    from llmhalluc.training import lora_config, with_adapter
+
+    path = build_tiny_model(tmp_path / "m", ["1 + 1 = 2. The answer is 2."] * 10, hidden_size=32, num_heads=2)
+    config = AutoConfig.from_pretrained(path)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    _, tokenizer = load_model_and_tokenizer(str(path))
+    bt = add_backtrack_token(model, tokenizer)
+    before = model.get_input_embeddings().weight[bt].detach().clone()
+    peft_model = with_adapter(model, lora_config(LoraParams(r=2, alpha=4), bt, model))
+    ids = tokenizer.encode(f"1 + 1 = 3{tokenizer.convert_ids_to_tokens(bt)}2.")
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, learning_rate=0.1, report_to="none",
+                     use_cpu=True, bf16=False, per_device_train_batch_size=1, save_strategy="no")
+    SFTTrainer(model=peft_model, args=args, processing_class=tokenizer,
+               train_dataset=Dataset.from_list([{"input_ids": ids}])).train()
+    merged = peft_model.merge_and_unload()
+    assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
+    assert not torch.allclose(merged.get_input_embeddings().weight[bt], before)
