@@ -27,7 +27,6 @@ Definitions (one example = one prompt and its one completion):
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ from typing import Any
 
 from llmhalluc.answers import extract_answer, normalize_answer
 from llmhalluc.backtrack import DEFAULT_TOKEN, count_backtracks, resolve_ids
-from llmhalluc.errors import DataError, ParamsError
+from llmhalluc.errors import ParamsError
+from llmhalluc.lineage import base_location, read_lineage
 
 OUTCOMES = ("correct", "wrong", "abstained", "no_answer")
 
@@ -158,55 +158,18 @@ def require_vllm(key: str) -> None:
 # --------------------------------------------------------------------------- what a model folder records
 
 
-def lineage(folder: str | Path) -> dict[str, Any]:
-    """The folder's lineage.json ({} when it has none: a hub model, a folder made outside the pipeline)."""
-    path = Path(folder) / "lineage.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def lineage_value(record: dict[str, Any], *keys: str) -> Any:
-    """The first of keys found at the top of a lineage record, else in its upstream chain, else None.
-
-    The top level wins: each stage records its own view, and older folders kept
-    some facts only in the stage that introduced them.
-    """
-    while record:
-        for key in keys:
-            if record.get(key) is not None:
-                return record[key]
-        record = record.get("upstream") if isinstance(record.get("upstream"), dict) else {}
-    return None
-
-
 def backtrack_token(folder: str | Path) -> str:
-    """The backtrack token a model was trained with (lineage.json), else the project's default."""
-    return lineage_value(lineage(folder), "backtrack_token") or DEFAULT_TOKEN
+    """The backtrack token a model was trained with (its lineage.json), else the project's default."""
+    return (read_lineage(folder) or {}).get("backtrack_token") or DEFAULT_TOKEN
 
 
 def base_model(folder: str | Path) -> str:
-    """The base model (hub id or path) a trained folder started from, as its lineage records it.
-
-    The built-in tiny model is built inside train_sft from the prepared data and
-    not kept, so it cannot be reloaded here: that is a params error with the way out.
-    """
-    base = lineage_value(lineage(folder), "base_model_dir", "base_path", "base_model", "base")
-    if isinstance(base, dict):
-        base = base.get("path") or base.get("name_or_path") or base.get("id")
-    if not isinstance(base, str) or not base:
+    """The base model (hub id, or the copy train_sft saved of the built-in one) a trained folder started from."""
+    record = read_lineage(folder)
+    if not record or not record.get("base"):
         raise ParamsError(f"eval.include_base: {Path(folder) / 'lineage.json'} records no base model; "
                           "name it yourself under eval.models (e.g. base: Qwen/Qwen2.5-0.5B-Instruct)")
-    if base.startswith("builtin:"):
-        raise ParamsError(f"eval.include_base: the base of {folder} is the built-in {base}, which train_sft builds "
-                          "and does not save; set include_base: false, or add a saved copy under eval.models")
-    return base
+    return base_location(folder, record)[0]
 
 
 # --------------------------------------------------------------------------- scoring

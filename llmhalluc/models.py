@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llmhalluc.errors import ParamsError
+from llmhalluc.errors import DataError, ParamsError
+from llmhalluc.lineage import base_location, read_lineage
 from llmhalluc.params.sections import BUILTIN_TINY  # noqa: F401  (re-exported: models own the name)
 
 if TYPE_CHECKING:
@@ -319,23 +320,95 @@ def load_model_and_tokenizer(
     dtype: str = "auto",
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a hub id or a local directory (safetensors only).
+    """Load a causal LM and its tokenizer from a hub id, a local folder, or a pipeline adapter folder.
 
-    Builtin names are rejected here: they need a corpus, so build them with build_tiny_model
-    and pass the directory.
+    Safetensors only. A folder the pipeline wrote with a LoRA adapter (lineage kind ``lora``)
+    is rebuilt as its lineage says — base (or parent model, recursively), embeddings sized
+    for the backtrack token, then the adapter merged in — so the caller always gets a plain
+    model, whichever way the stage trained. Builtin names are rejected here: they need a
+    corpus, so build them with build_tiny_model and pass the directory.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if is_builtin(name_or_path):
         raise ParamsError(
             f"{name_or_path!r} is a builtin model: build it with build_tiny_model and load the directory it returns"
         )
+    lineage = read_lineage(name_or_path) if Path(name_or_path).is_dir() else None
+    options = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code}
+    if lineage is not None and lineage["kind"] == "lora":
+        model = load_adapter_stack(name_or_path, lineage, **options)
+    else:
+        model = _load_plain(name_or_path, revision=revision, **options)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    return model, tokenizer
+
+
+def _load_plain(name_or_path: str, *, dtype: str, attn_implementation: str | None, trust_remote_code: bool,
+                revision: str | None = None) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
     kwargs: dict[str, object] = {"dtype": resolve_dtype(dtype), "use_safetensors": True}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    return model, tokenizer
+    if revision is not None:
+        kwargs["revision"] = revision
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+
+
+def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedModel:
+    """The plain model an adapter folder was trained on: its parent stage's model, else its base.
+
+    Embeddings are sized to the rows the adapter expects (the backtrack token was added
+    before training); the new token's rows come from the adapter's trainable tokens.
+    """
+    parent = lineage.get("parent")
+    if parent:
+        path = Path(parent["path"])
+        if not path.is_dir():
+            raise DataError(f"{Path(folder) / 'lineage.json'}: parent model {str(path)!r} is missing; "
+                            "rerun the stage that wrote it (dvc repro)")
+        model, _ = load_model_and_tokenizer(str(path), **options)
+    else:
+        name, revision = base_location(folder, lineage)
+        model = _load_plain(name, revision=revision, **options)
+    refuse_quantised(model, str(folder))
+    rows = lineage.get("vocab_rows")
+    if rows and model.get_input_embeddings().weight.shape[0] != rows:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+    return model
+
+
+def load_adapter_stack(folder: str | Path, lineage: dict, *, merge: bool = True, **options):
+    """Parent model + this folder's adapter; merged into plain weights unless ``merge=False`` (a PeftModel)."""
+    from peft import PeftModel
+
+    model = adapter_parent(folder, lineage, **options)
+    peft_model = PeftModel.from_pretrained(model, str(folder))
+    peft_model.eval()
+    if not merge:
+        return peft_model
+    model = peft_model.merge_and_unload()
+    model.requires_grad_(True)  # peft froze the base for inference; a plain model trains like from_pretrained's
+    return model
+
+
+def refuse_quantised(model: PreTrainedModel, where: str) -> None:
+    """Merging LoRA into 4/8-bit weights rounds the update away; the pipeline never does it."""
+    quantisation = getattr(model.config, "quantization_config", None)
+    if quantisation is not None or getattr(model, "is_quantized", False):
+        method = quantisation.get("quant_method") if isinstance(quantisation, dict) else getattr(
+            quantisation, "quant_method", "unknown method")
+        raise DataError(
+            f"{where}: the model an adapter is merged into is quantised ({method}); merging into quantised "
+            "weights loses the update. Train on (or point the lineage at) full-precision base weights."
+        )
+
+
+def is_adapter_folder(folder: str | Path) -> bool:
+    lineage = read_lineage(folder) if Path(folder).is_dir() else None
+    return lineage is not None and lineage["kind"] == "lora"

@@ -1,22 +1,180 @@
-"""What training leaves for `dvc plots` and `dvc metrics`: curves from the trainer's log history."""
+"""Training curves for `dvc plots` and `dvc metrics`: DVCLive through the HF Trainer integration.
+
+One logger, one row per logged optimiser step:
+
+- the Trainer's own `DVCLiveCallback` (what `report_to: dvclive` adds) is replaced by
+  `TrainerLive`, which pins DVCLive's step to the Trainer's `global_step` (DVCLive's own
+  counter advances on every `on_log`, so the end-of-training summary would become an extra
+  step), never writes dvc.yaml (`dvcyaml=None`: the pipeline declares the folder) and never
+  saves an experiment itself (`save_dvc_exp=False`: `dvc exp run` does);
+- on resume it continues the same files and drops rows logged after the checkpoint it
+  resumes from, so a killed-and-resumed run has each step exactly once;
+- wall-clock values (runtime, throughput) stay out: same params and seed -> same files.
+
+Layout (declared in dvc.yaml): `<dir>/metrics.json` (summary: last value of each curve,
+`train_loss`, `step`), `<dir>/plots/metrics/train/<name>.tsv` (one curve per file).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
+import json
+import re
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+from transformers.integrations import DVCLiveCallback
 
-def write_curve(path: str | Path, log_history: list[dict[str, Any]], key: str) -> int:
-    """Write (step, key) rows for every log entry that has key; return the number of rows.
+#: Log keys that measure the machine, not the run: they would make two identical runs differ.
+_WALL_CLOCK = re.compile(r"(runtime|per_second|step_time|_flos$|^total_flos$|^time/)")
+#: Kept in the summary only: the mean loss of the run is not a point of the curve. The rest of the
+#: Trainer's end-of-training log repeats the last step (epoch) or is wall-clock time.
+_SUMMARY_ONLY = {"train_loss"}
 
-    DVC plots a CSV with `x: step`; one file per curve keeps `dvc plots diff` readable.
+
+def metric_name(key: str) -> str:
+    """`loss` -> `train/loss`, `eval_loss` -> `eval/loss`: DVCLive's train/eval split layout."""
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    return "train/" + key
+
+
+class TrainerLive(DVCLiveCallback):
+    """The HF Trainer's DVCLive callback with the pipeline's settings (see module docstring)."""
+
+    def __init__(self, directory: str | Path, *, resume_step: int | None = None) -> None:
+        from dvclive import Live
+
+        if resume_step is not None:
+            truncate_after(directory, resume_step)
+        live = Live(dir=str(directory), resume=resume_step is not None, report=None, save_dvc_exp=False,
+                    dvcyaml=None)
+        super().__init__(live=live, log_model=False)
+
+    def setup(self, args, state, model) -> None:
+        # The parent also logs every TrainingArguments field to <dir>/params.yaml; the stage already
+        # writes the resolved params into its out, and a second copy would only drift.
+        self._initialized = True
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        self.live.step = state.global_step
+        summary_log = "train_runtime" in logs  # the Trainer's one end-of-training log
+        for key, value in logs.items():
+            if _WALL_CLOCK.search(key) or not _is_scalar(value):
+                continue
+            if key in _SUMMARY_ONLY:
+                self.live.summary[key] = value
+            elif not summary_log:
+                self.live.log_metric(metric_name(key), value)
+        self.live.make_summary()
+        if not summary_log:
+            self.live.next_step()
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if state.is_world_process_zero:
+            self.live.step = state.global_step
+            self.live.end()
+
+
+def _is_scalar(value: Any) -> bool:
+    from dvclive.plots import Metric
+
+    return Metric.could_log(value) and not isinstance(value, str)
+
+
+def truncate_after(directory: str | Path, step: int) -> None:
+    """Drop rows with step > `step` from every curve: they were logged after the checkpoint we resume from."""
+    for path in (Path(directory) / "plots" / "metrics").rglob("*.tsv"):
+        rows = list(csv.DictReader(io.StringIO(path.read_text()), delimiter="\t"))
+        if not rows:
+            continue
+        kept = [r for r in rows if int(r["step"]) <= step]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, rows[0].keys(), delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        path.write_text(out.getvalue())
+
+
+def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = None) -> TrainerLive:
+    """Give the trainer exactly one DVCLive logger (ours), whatever `report_to` says."""
+    trainer.remove_callback(DVCLiveCallback)
+    callback = TrainerLive(directory, resume_step=resume_step)
+    trainer.add_callback(callback)
+    return callback
+
+
+def checkpoint_step(checkpoint: str | None) -> int | None:
+    """The global step of a checkpoint-N folder (None for a fresh start)."""
+    return None if checkpoint is None else int(Path(checkpoint).name.rsplit("-", 1)[1])
+
+
+# --------------------------------------------------------------------------- GRPO completions
+
+#: The columns `observe_completions` adds to TRL's completions log (and to our table).
+RAW, RESOLVED, BACKTRACKS = "raw", "resolved", "backtracks"
+
+
+def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int) -> Any:
+    """Wrap one reward function so each generation batch also logs what rewards cannot show.
+
+    TRL hands reward functions `log_metric` (a scalar averaged per logging interval) and
+    `log_extra` (a column of the completions log). Through them: backtracks per completion
+    (mean, and the share of completions with at least one), and per completion the raw text
+    with its backtracks visible (TRL's own text is decoded with skip_special_tokens) and the
+    backtrack-resolved text. The reward itself is returned unchanged, under the same name.
     """
-    rows = [(entry["step"], entry[key]) for entry in log_history if key in entry and "step" in entry]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", key])
-        writer.writerows(rows)
-    return len(rows)
+    from llmhalluc.backtrack import count_backtracks, resolve_ids
+
+    def observed(prompts, completions, completion_ids, log_extra=None, log_metric=None, **columns):
+        counts = [count_backtracks(ids, backtrack_id) for ids in completion_ids]
+        if log_metric is not None and counts:
+            log_metric("backtracks/mean_per_completion", sum(counts) / len(counts))
+            log_metric("backtracks/share_with_any", sum(c > 0 for c in counts) / len(counts))
+        if log_extra is not None:
+            log_extra(RAW, [tokenizer.decode(ids, skip_special_tokens=False) for ids in completion_ids])
+            log_extra(RESOLVED, [tokenizer.decode(resolve_ids(ids, backtrack_id), skip_special_tokens=True)
+                                 for ids in completion_ids])
+            log_extra(BACKTRACKS, counts)
+        return reward_fn(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                         log_extra=log_extra, log_metric=log_metric, **columns)
+
+    observed.__name__ = reward_fn.__name__
+    return observed
+
+
+class CompletionsTable(TrainerCallback):
+    """At each logging step, the last generation batch as a table: `<dir>/step_<N>.json`.
+
+    Rows: prompt (last user turn), raw and resolved completion, backtracks, one column per
+    reward, advantage. Read from the trainer's completions log (`GRPOTrainer._logs`, what
+    TRL's own `log_completions` prints), which `observe_completions` extends.
+    """
+
+    def __init__(self, trainer: Any, directory: str | Path, *, resume_step: int | None = None) -> None:
+        self.trainer = trainer
+        self.directory = Path(directory)
+        for old in self.directory.glob("step_*.json"):  # a fresh run, or steps after the resumed checkpoint
+            if resume_step is None or int(old.stem.split("_")[1]) > resume_step:
+                old.unlink()
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        logs_of = getattr(self.trainer, "_logs", None)
+        if not state.is_world_process_zero or not logs_of or not logs_of["prompt"]:
+            return
+        extra, rewards = logs_of["extra"], logs_of["rewards"]
+        rows = []
+        for i, prompt in enumerate(logs_of["prompt"]):
+            text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+            row = {"step": state.global_step, "prompt": text}
+            row.update({key: extra[key][i] for key in (RAW, RESOLVED, BACKTRACKS) if len(extra[key]) > i})
+            row.update({f"reward/{name}": values[i] for name, values in rewards.items()})
+            row["advantage"] = logs_of["advantages"][i]
+            rows.append(row)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"step_{state.global_step:05d}.json"
+        path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")

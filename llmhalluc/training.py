@@ -1,10 +1,11 @@
-"""What both trainers share: seeding and the LoRA config.
+"""What both trainers share: seeding, the LoRA config, and one resumable `fit`.
 
-Kept apart from the stage scripts so SFT and GRPO build their adapters the same way.
+Kept apart from the stage scripts so SFT and GRPO build adapters, resume and log the same way.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from llmhalluc.params.sections import LoraParams
@@ -17,20 +18,65 @@ def seed_everything(seed: int) -> None:
     set_seed(seed, deterministic=False)
 
 
-def lora_config(params: LoraParams, backtrack_id: int) -> Any:
-    """A peft LoraConfig that also trains the backtrack token's rows.
+def embedding_module_names(model: Any) -> dict[str, str]:
+    """Qualified names of the input and (untied) output embedding modules, e.g. model.embed_tokens, lm_head."""
+    modules = {id(m): name for name, m in model.named_modules()}
+    names = {"input": modules[id(model.get_input_embeddings())]}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        names["output"] = modules[id(output)]
+    return names
 
-    `trainable_token_indices` makes peft train (and save with the adapter) just
-    the new token's embedding row, so its initialisation and what training
-    learned both survive into the adapter and the merged model.
+
+def lora_config(params: LoraParams, backtrack_id: int, model: Any) -> Any:
+    """A peft LoraConfig that also trains the backtrack token's input and output rows.
+
+    peft's trainable tokens train (and save with the adapter) just the listed rows of the
+    named modules. The dict form names both the input embedding and, for an untied model
+    (the built-in one), the output projection — the list form would train only the input
+    row, and the token's output row (what makes the model *emit* it) would stay at its
+    initialisation. A tied model has one matrix, so naming the input is enough (peft ties it).
     """
     from peft import LoraConfig
 
+    names = embedding_module_names(model)
     return LoraConfig(
         r=params.r,
         lora_alpha=params.alpha,
         lora_dropout=params.dropout,
         target_modules=params.target_modules,
         task_type="CAUSAL_LM",
-        trainable_token_indices=[backtrack_id],
+        trainable_token_indices={name: [backtrack_id] for name in names.values()},
     )
+
+
+def save_adapter(peft_model: Any, folder: str | Path) -> None:
+    """Write only the adapter (LoRA + the trainable token rows), never the resized full embeddings.
+
+    peft's "auto" would save both whole embedding matrices because the vocabulary grew by
+    one; the trainable tokens already carry the new rows, and the rest equals the base.
+    """
+    peft_model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
+
+
+def with_adapter(model: Any, config: Any) -> Any:
+    """Wrap `model` in a trainable peft model, ready for TRL's fused LM head.
+
+    TRL 1.16 computes log-probabilities from `lm_head.weight` and `lm_head.bias` directly
+    (no full logits). peft's trainable-tokens wrapper around the head already answers
+    `.weight` with the merged weight (base rows + the trained backtrack row, so gradients
+    reach the new row) but has no `.bias`; the head's bias is passed through here. A head
+    *with* a bias is refused: its bias row for the new token would not be trained.
+    """
+    from peft import get_peft_model
+    from peft.utils.other import TrainableTokensWrapper
+
+    peft_model = get_peft_model(model, config)
+    head = peft_model.get_base_model().get_output_embeddings()
+    if isinstance(head, TrainableTokensWrapper):
+        bias = head.original_module.bias
+        if bias is not None:
+            raise NotImplementedError("the output head has a bias; training the backtrack token's bias entry "
+                                      "with LoRA is not supported (train full weights: lora.enabled: false)")
+        head.bias = None
+    return peft_model

@@ -116,11 +116,12 @@ def _generate(p: EvalParams, path: str, model: Any, tokenizer: Any, prompts: lis
 def _backtrack_id(tokenizer: Any, path: str) -> int:
     """The id of the model's backtrack token; -1 (matches nothing) for a model that never learned one."""
     from llmhalluc import evaluation
+    from llmhalluc.lineage import read_lineage
 
     token = evaluation.backtrack_token(path)
     if token in tokenizer.get_vocab():
         return tokenizer.convert_tokens_to_ids(token)
-    if evaluation.lineage(path):
+    if read_lineage(path):
         raise DataError(f"{Path(path) / 'lineage.json'}: records the backtrack token {token!r}, but the tokenizer "
                         f"in {path} does not have it; the folder is incomplete (re-run the stage that wrote it)")
     print(f"eval: {path} has no {token!r} token (a base model?): it is scored with no backtracks", file=sys.stderr)

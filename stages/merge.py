@@ -1,53 +1,122 @@
 """merge: params.yaml[merge] + models/grpo -> models/merged, one plain HF model folder.
 
-The folder loads with AutoModelForCausalLM.from_pretrained alone: safetensors
-weights in merge.dtype, the tokenizer with the backtrack token and chat
-template, and a model card that records how it was built.
+The trained result is rebuilt as its lineage records it (base -> SFT -> GRPO, each LoRA
+adapter merged with peft's merge_and_unload in float32; a full fine-tune passes through)
+and saved in merge.dtype. The folder loads with AutoModelForCausalLM.from_pretrained
+alone: safetensors weights, config, generation config, the tokenizer with the backtrack
+token and chat template, and a README.md model card recording how it was built.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.params import RESOLVED_FILE, Section, resolved, write_resolved
+from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage, staged_output
+
+EVAL_METRICS = Path("metrics/eval.json")  # eval's summary from its last run, if any (embedded in the card)
 
 
 def main(section: Section) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmhalluc import lineage, models
 
     p = section.project
     source = Path(p.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    lineage = json.loads((source / "lineage.json").read_text()) if (source / "lineage.json").is_file() else {}
-    stage_params = json.loads((source / RESOLVED_FILE).read_text()) if (source / RESOLVED_FILE).is_file() else {}
+    upstream = lineage.read_lineage(source)
+    # float32 for the merge itself: adding a low-rank update in bf16 rounds most of it away.
+    model, tokenizer = models.load_model_and_tokenizer(str(source), dtype="float32")
+    models.refuse_quantised(model, str(source))
+    model.to(getattr(torch, p.dtype))
+    params = resolved(section)
 
     with staged_output(p.out_dir) as staging:
-        model.to(getattr(torch, p.dtype)).save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        write_resolved(resolved(section), staging)
-        (staging / "lineage.json").write_text(json.dumps({"stage": "merge", "source": str(source),
-                                                          "upstream": lineage}, indent=2) + "\n")
-        (staging / "README.md").write_text(_model_card(source, lineage, stage_params, p.dtype))
-    print(f"merge: {source} -> {p.out_dir} ({p.dtype})")
+        write_resolved(params, staging)
+        merged = {
+            "stage": "merge", "kind": "full",
+            "backtrack_token": upstream["backtrack_token"] if upstream else models.BACKTRACK_TOKEN,
+            "backtrack_id": upstream.get("backtrack_id") if upstream else None,
+            "vocab_rows": model.get_input_embeddings().weight.shape[0],
+            "base": _base_for(source, p.out_dir, upstream),
+            "parent": {"path": str(source), "lineage": upstream},
+            "data": upstream.get("data") if upstream else None,
+            **lineage.git_state(), "params": params,
+        }
+        lineage.write_lineage(staging, merged)
+        (staging / "README.md").write_text(model_card(merged, _eval_metrics()), encoding="utf-8")
+    kinds = " -> ".join(f"{node['stage']} ({node['kind']})" for node in lineage.chain(merged))
+    print(f"merge: {kinds} -> {p.out_dir} ({p.dtype})")
 
 
-def _model_card(source: Path, lineage: dict, trained_with: dict, dtype: str) -> str:
-    return (
-        "---\nlibrary_name: transformers\ntags: [llmhalluc, backtracking]\n---\n\n"
-        "# llmhalluc merged model\n\n"
-        f"Built by the llmhalluc pipeline from `{source}`; weights saved as {dtype} safetensors.\n"
-        f"The tokenizer carries the backtrack token `{lineage.get('backtrack_token', '<|backtrack|>')}`.\n\n"
-        "## Lineage\n\n```json\n" + json.dumps(lineage, indent=2) + "\n```\n\n"
-        "## Resolved params of the last training stage\n\n```json\n" + json.dumps(trained_with, indent=2)
-        + "\n```\n"
-    )
+def _base_for(source: Path, out_dir: str, upstream: dict | None) -> dict:
+    """The base record, its path (a copy inside an upstream folder) re-pointed relative to out_dir."""
+    if not upstream:
+        return {"name_or_path": str(source), "path": None, "revision": None}
+    base = dict(upstream["base"])
+    if base.get("path"):
+        base["path"] = os.path.relpath(source / base["path"], out_dir)
+    return base
+
+
+def _eval_metrics() -> dict | None:
+    try:
+        return json.loads(EVAL_METRICS.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def model_card(merged: dict, eval_metrics: dict | None) -> str:
+    """README.md: what the model is, how to load it, and exactly how it was built."""
+    from llmhalluc.lineage import chain
+
+    nodes = chain(merged)
+    base = merged["base"]
+    hub_base = base["name_or_path"] if not base.get("path") and ":" not in base["name_or_path"] else None
+    front = ["---", "library_name: transformers", "tags: [llmhalluc, backtracking, trl, grpo]"]
+    if hub_base:
+        front.append(f"base_model: {hub_base}")
+    front.append("---")
+    token = merged["backtrack_token"]
+    lines = [
+        *front, "",
+        "# llmhalluc merged model", "",
+        f"A causal LM trained by the llmhalluc pipeline to emit `{token}` (id {merged['backtrack_id']}), a token",
+        "that deletes the token before it. Resolve backtracks on the generated ids before reading the answer.", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(PATH)",
+        "tokenizer = AutoTokenizer.from_pretrained(PATH)  # has the backtrack token and the chat template",
+        "```", "",
+        "## Lineage", "",
+        f"- base: `{base['name_or_path']}`, revision `{base.get('revision') or 'n/a (local or built-in)'}`",
+    ]
+    for node in nodes:
+        data = node.get("data") or {}
+        lines.append(
+            f"- {node['stage']}: {node['kind']} weights; data `{data.get('path', 'n/a')}` sha256 "
+            f"`{data.get('sha256', 'n/a')}`; git commit `{node.get('git_commit')}`"
+            + (" (uncommitted changes)" if node.get("git_dirty") else "")
+        )
+    lines += ["", "## Evaluation", ""]
+    if eval_metrics is None:
+        lines.append("No eval metrics were present when this model was merged (run `dvc repro eval`).")
+    else:
+        lines += ["From `metrics/eval.json` as it was at merge time (the last `eval` run; it may predate this",
+                  "model: check `dvc metrics show` for the current values).", "", "```json",
+                  json.dumps(eval_metrics, indent=2, sort_keys=True), "```"]
+    lines += ["", "## Resolved params of every stage", ""]
+    for node in nodes:
+        lines += [f"### {node['stage']}", "", "```json", json.dumps(node.get("params"), indent=2, sort_keys=True),
+                  "```", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

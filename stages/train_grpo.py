@@ -1,12 +1,19 @@
-"""train_grpo: params.yaml[grpo] + models/sft + data/prepared/grpo.jsonl -> models/grpo.
+"""train_grpo: params.yaml[grpo] + models/sft + data/prepared/grpo.jsonl -> models/grpo (+ dvclive/train_grpo).
 
-Every grpo.* TRL field reaches GRPOConfig as written (see llmhalluc.params);
-what the trainer received is written to models/grpo/resolved_params.json.
+Every grpo.* TRL field reaches GRPOConfig as written (see llmhalluc.params); what the
+trainer received is written to models/grpo/resolved_params.json.
+
+Start point: the SFT model as models/sft records it, loaded as plain weights — an SFT
+LoRA adapter is merged into its base in memory (exact: LoRA is additive). With
+grpo.lora.enabled, GRPO then trains its *own* adapter (plus the backtrack token's rows)
+on those weights, and models/grpo holds only that adapter; its lineage names models/sft
+as the parent, so merge (and llmhalluc.models.load_model_and_tokenizer) rebuild
+base -> SFT -> GRPO exactly. Without LoRA, models/grpo holds full weights.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,62 +22,87 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llmhalluc.datasets.records import read_jsonl
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
 from llmhalluc.stage import run_stage, staged_output
-from llmhalluc.tracking import write_curve
 
-METRICS = Path("metrics/train_grpo.json")
-PLOT = Path("plots/train_grpo/reward.csv")
+LIVE_DIR = Path("dvclive/train_grpo")  # declared in dvc.yaml (metrics + plots + completions tables)
 
 
 def main(section: Section) -> None:
-    import torch
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOTrainer
 
-    from llmhalluc import models
+    from llmhalluc import checkpoints, lineage, models, tracking
+    from llmhalluc.errors import DataError
     from llmhalluc.rewards import build_rewards
-    from llmhalluc.training import lora_config, seed_everything
+    from llmhalluc.training import lora_config, save_adapter, seed_everything, with_adapter
 
     p = section.project
     config = trl_config(section)
+    params = resolved(section, config)
     seed_everything(config.seed)
-    records = read_jsonl(Path(p.data_dir) / "grpo.jsonl")
+    data_file = Path(p.data_dir) / "grpo.jsonl"
+    records = read_jsonl(data_file)
 
-    model, tokenizer = models.load_model_and_tokenizer(p.model_name_or_path, dtype=p.dtype,
+    # The start point, and the backtrack token as SFT recorded it.
+    start = p.model_name_or_path
+    upstream = lineage.read_lineage(start) if Path(start).is_dir() else None
+    model, tokenizer = models.load_model_and_tokenizer(start, dtype=p.dtype,
                                                        trust_remote_code=config.trust_remote_code)
-    lineage_file = Path(p.model_name_or_path) / "lineage.json"
-    upstream = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
-    token = upstream.get("backtrack_token", models.BACKTRACK_TOKEN)
+    token = upstream["backtrack_token"] if upstream else models.BACKTRACK_TOKEN
     backtrack_id = tokenizer.convert_tokens_to_ids(token)
+    if backtrack_id is None or backtrack_id == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
+        raise DataError(f"{start}: the tokenizer has no {token!r} token; start GRPO from the SFT stage's out")
 
     # Conversational prompts as TRL expects; ground truth reaches the rewards as columns.
     dataset = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable}
                                  for r in records])
     rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards)
+    rewards[0] = tracking.observe_completions(rewards[0], tokenizer, backtrack_id)
+
+    if p.lora.enabled:
+        model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
-                          processing_class=tokenizer,
-                          peft_config=lora_config(p.lora, backtrack_id) if p.lora.enabled else None)
-    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+                          processing_class=tokenizer)
+    data = lineage.data_record(data_file)
+    run = checkpoints.fingerprint(params, {"data": data["sha256"], "start": _model_hash(start)})
+    last = checkpoints.resume_point(config.output_dir, run)
+    resume_step = tracking.checkpoint_step(last)
+    tracking.attach(trainer, LIVE_DIR, resume_step=resume_step)
+    trainer.add_callback(tracking.CompletionsTable(trainer, LIVE_DIR / "completions", resume_step=resume_step))
     result = trainer.train(resume_from_checkpoint=last)
 
-    rewards_logged = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     with staged_output(p.model_dir) as staging:
         if p.lora.enabled:
-            trainer.model = trainer.model.merge_and_unload()
-        trainer.model.to(torch.float32).save_pretrained(staging, safe_serialization=True)
+            trainer.model.peft_config["default"].base_model_name_or_path = start
+            save_adapter(trainer.model, staging)
+        else:
+            trainer.model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        write_resolved(resolved(section, config), staging)
-        (staging / "lineage.json").write_text(json.dumps(
-            {"stage": "train_grpo", "start": p.model_name_or_path, "upstream": upstream,
-             "backtrack_token": token, "backtrack_id": backtrack_id}, indent=2) + "\n")
-    write_curve(PLOT, trainer.state.log_history, "reward")
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps({
-        "steps": result.global_step,
-        "reward_first": round(rewards_logged[0], 6) if rewards_logged else None,
-        "reward_last": round(rewards_logged[-1], 6) if rewards_logged else None,
-    }, indent=2) + "\n")
-    print(f"train_grpo: {result.global_step} steps, rewards {rewards_logged} -> {p.model_dir}")
+        write_resolved(params, staging)
+        base = dict(upstream["base"]) if upstream else lineage.base_record(start)
+        if upstream and base.get("path"):  # re-point the base copy from models/sft's folder to this one
+            base["path"] = os.path.relpath(Path(start) / base["path"], p.model_dir)
+        lineage.write_lineage(staging, {
+            "stage": "train_grpo", "kind": "lora" if p.lora.enabled else "full",
+            "backtrack_token": token, "backtrack_id": backtrack_id,
+            "vocab_rows": (trainer.model.get_base_model() if p.lora.enabled else trainer.model)
+            .get_input_embeddings().weight.shape[0],
+            "base": base, "parent": {"path": start, "lineage": upstream}, "data": data,
+            **lineage.git_state(), "params": params,
+        })
+    checkpoints.clean(config.output_dir)
+    print(f"train_grpo: {result.global_step} steps, {config.num_generations} generations per prompt, "
+          f"max_completion_length {config.max_completion_length} -> {p.model_dir}")
+
+
+def _model_hash(folder: str) -> str:
+    """The start model's identity for the resume fingerprint: a new SFT model means a new run."""
+    from llmhalluc.lineage import file_sha256
+
+    path = Path(folder)
+    if not path.is_dir():
+        return folder
+    files = sorted(f for f in path.rglob("*.safetensors"))
+    return ",".join(f"{f.relative_to(path)}:{file_sha256(f)}" for f in files)
 
 
 if __name__ == "__main__":

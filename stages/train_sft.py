@@ -1,11 +1,14 @@
-"""train_sft: params.yaml[sft] + data/prepared/sft.jsonl -> models/sft (+ metrics/train_sft.json).
+"""train_sft: params.yaml[sft] + data/prepared/sft.jsonl -> models/sft (+ DVCLive curves in dvclive/train_sft).
 
-Reads top to bottom: params, model and backtrack token, data to ids, train, save.
+Reads top to bottom: params, model and backtrack token, data to ids, train (resumable), save.
+models/sft holds full weights, or (sft.lora.enabled) a LoRA adapter whose trainable tokens
+carry the backtrack token's input and output rows; lineage.json says which, and how to
+rebuild the base (the built-in base is saved inside, in models/sft/base).
 """
 
 from __future__ import annotations
 
-import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,36 +18,33 @@ from llmhalluc.backtrack import encode_example
 from llmhalluc.datasets.records import read_jsonl
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
 from llmhalluc.stage import run_stage, staged_output
-from llmhalluc.tracking import write_curve
 
-METRICS = Path("metrics/train_sft.json")
-PLOT = Path("plots/train_sft/loss.csv")
+LIVE_DIR = Path("dvclive/train_sft")  # declared in dvc.yaml (metrics + plots)
 
 
 def main(section: Section) -> None:
-    import torch
     from datasets import Dataset
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from llmhalluc import models
-    from llmhalluc.training import lora_config, seed_everything
+    from llmhalluc import checkpoints, lineage, models, tracking
+    from llmhalluc.training import lora_config, save_adapter, seed_everything, with_adapter
 
     p = section.project
     config = trl_config(section)
+    params = resolved(section, config)
     seed_everything(config.seed)
-    records = read_jsonl(Path(p.data_dir) / "sft.jsonl")
+    data_file = Path(p.data_dir) / "sft.jsonl"
+    records = read_jsonl(data_file)
 
     # The model. The built-in one is built from the seed and saved first, so it is loaded like any other.
-    name = p.model_name_or_path
-    base_dir = Path(config.output_dir) / "base"
+    name, base_dir = p.model_name_or_path, None
     if models.is_builtin(name):
         corpus = [r.question for r in records] + [r.solution() for r in records]
         corpus += [e.text for r in records for e in r.errors]
         t = p.tiny_model
-        models.build_tiny_model(base_dir, corpus, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-                                num_layers=t.num_layers, num_heads=t.num_heads,
-                                intermediate_size=t.intermediate_size, seed=t.seed)
+        base_dir = models.build_tiny_model(Path(config.output_dir) / "base", corpus, vocab_size=t.vocab_size,
+                                           hidden_size=t.hidden_size, num_layers=t.num_layers,
+                                           num_heads=t.num_heads, intermediate_size=t.intermediate_size, seed=t.seed)
         name = str(base_dir)
     model, tokenizer = models.load_model_and_tokenizer(
         name, dtype=p.dtype, attn_implementation=None if p.attn_implementation == "auto" else p.attn_implementation,
@@ -52,9 +52,53 @@ def main(section: Section) -> None:
     )
     backtrack_id = models.add_backtrack_token(model, tokenizer, p.backtrack.token, p.backtrack.init,
                                               noise_std=p.backtrack.noise_std, seed=config.seed)
+    vocab_rows = model.get_input_embeddings().weight.shape[0]  # what an adapter's base must be resized to
 
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
-    end_ids = tokenizer.encode(tokenizer.eos_token + "\n", add_special_tokens=False)
+    dataset = Dataset.from_list(encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors))
+
+    # Train, resuming the same run's last complete checkpoint if a killed run left one.
+    if p.lora.enabled:
+        model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None)
+    data = lineage.data_record(data_file)
+    run = checkpoints.fingerprint(params, {"data": data["sha256"], "base": base})
+    last = checkpoints.resume_point(config.output_dir, run)
+    tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last))
+    result = trainer.train(resume_from_checkpoint=last)
+
+    with staged_output(p.model_dir) as staging:
+        if p.lora.enabled:  # the adapter names its base as a user would load it from the repository root
+            trainer.model.peft_config["default"].base_model_name_or_path = (
+                str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path)
+            save_adapter(trainer.model, staging)
+        else:
+            trainer.model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if base_dir:
+            shutil.copytree(base_dir, staging / "base")
+        write_resolved(params, staging)
+        lineage.write_lineage(staging, {
+            "stage": "train_sft", "kind": "lora" if p.lora.enabled else "full",
+            "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
+            "vocab_rows": vocab_rows,
+            "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
+        })
+    checkpoints.clean(config.output_dir)
+    if base_dir:
+        shutil.rmtree(base_dir)
+    print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
+
+
+def encode_records(records, tokenizer, backtrack_id: int, *, mask_errors: bool) -> list[dict[str, list[int]]]:
+    """input_ids + labels per record, in the chat template the model will be prompted with.
+
+    The labels (-100 off the loss) are what SFTTrainer trains on: a `labels` column is used
+    as is (tests/test_train_sft.py checks the collated batch).
+    """
+    end_ids = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False)
+
     def tokenize(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
 
@@ -64,29 +108,8 @@ def main(section: Section) -> None:
                                                    return_dict=False)
         examples.append(encode_example(prompt_ids, r.steps, f"The answer is {r.answer}.",
                                        [(e.step, e.text) for e in r.errors], tokenize, backtrack_id,
-                                       end_ids[:1], mask_errors=p.mask_errors))
-    dataset = Dataset.from_list(examples)
-
-    peft_config = lora_config(p.lora, backtrack_id) if p.lora.enabled else None
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
-    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
-
-    with staged_output(p.model_dir) as staging:
-        if p.lora.enabled:
-            trainer.model = trainer.model.merge_and_unload()
-        trainer.model.to(torch.float32).save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        write_resolved(resolved(section, config), staging)
-        (staging / "lineage.json").write_text(json.dumps(
-            {"stage": "train_sft", "base": p.model_name_or_path, "backtrack_token": p.backtrack.token,
-             "backtrack_id": backtrack_id}, indent=2) + "\n")
-    write_curve(PLOT, trainer.state.log_history, "loss")
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps({"train_loss": round(result.training_loss, 6),
-                                   "steps": result.global_step}, indent=2) + "\n")
-    print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
+                                       end_ids, mask_errors=mask_errors))
+    return examples
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def build_model(folder: Path, seed: int, lineage: dict | None = None) -> Path:
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project folder with two tiny models (a with lineage, b without) and six eval records."""
     root = tmp_path_factory.mktemp("eval-stage")
-    build_model(root / "models" / "a", seed=0, lineage={"stage": "train_sft", "base": "builtin:tiny-qwen2",
+    build_model(root / "models" / "a", seed=0, lineage={"stage": "train_sft", "kind": "full",
                                                          "backtrack_token": "<|backtrack|>"})
     build_model(root / "models" / "b", seed=1)
     write_records(root / "data" / "prepared")
@@ -157,12 +157,12 @@ def _assert_earlier_outs(root: Path) -> None:
         ("    sft: models/a\n    base: models/a\n", {"  include_base: false ": "  include_base: true "},
          ["eval.include_base", "already has one"]),
         ("    s/ft: models/a\n", {}, ["eval.models.s/ft: a model name must be"]),
-        ("    sft: models/a\n", {"  answer_pattern: '": "  answer_pattern: 'The answer is \\d+' #"},
+        ("    sft: models/a\n", {"\n  answer_pattern: '": "\n  answer_pattern: 'The answer is \\d+' #"},
          ["eval.answer_pattern: needs a capture group"]),
         ("    sft: models/a\n", {"  include_base: false ": "  include_base: true ", "  base_from: models/sft ":
-                                 "  base_from: models/a "}, ["the built-in builtin:tiny-qwen2", "include_base: false"]),
+                                 "  base_from: models/a "}, ["eval.include_base", "records no base model"]),
     ],
-    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "builtin-base"],
+    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "no-base-recorded"],
 )
 def test_bad_params_exit_2_naming_the_key(workspace: Path, tmp_path: Path, models, changes, fragments):
     import torch
@@ -209,7 +209,7 @@ def test_an_eval_question_seen_in_training_is_a_data_error(workspace: Path, tmp_
 
 def test_a_tokenizer_missing_its_recorded_token_is_a_data_error(workspace: Path, tmp_path: Path):
     (tmp_path / "data").symlink_to(workspace / "data")
-    build_model(tmp_path / "models" / "odd", seed=2, lineage={"backtrack_token": "<|never-added|>"})
+    build_model(tmp_path / "models" / "odd", seed=2, lineage={"kind": "full", "backtrack_token": "<|never-added|>"})
     _earlier_outs(tmp_path)
     text = eval_params((ROOT / "params.yaml").read_text(), "    odd: models/odd\n")
     (tmp_path / "params.yaml").write_text(text)

@@ -124,18 +124,22 @@ def test_cut_at_stop_drops_the_stop_token_and_padding_after_it():
 
 
 def test_backtrack_token_and_base_come_from_lineage(tmp_path: Path):
-    (tmp_path / "lineage.json").write_text(
-        '{"stage": "merge", "upstream": {"stage": "train_grpo", "backtrack_token": "<|undo|>",'
-        ' "upstream": {"stage": "train_sft", "base": "Qwen/Qwen2.5-0.5B-Instruct"}}}')
-    assert evaluation.backtrack_token(tmp_path) == "<|undo|>"
-    assert evaluation.base_model(tmp_path) == "Qwen/Qwen2.5-0.5B-Instruct"
+    from llmhalluc.lineage import base_record, write_lineage
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    write_lineage(hub, {"kind": "lora", "backtrack_token": "<|undo|>",
+                        "base": base_record("Qwen/Qwen2.5-0.5B-Instruct", revision="abc")})
+    assert evaluation.backtrack_token(hub) == "<|undo|>"
+    assert evaluation.base_model(hub) == "Qwen/Qwen2.5-0.5B-Instruct"
     assert evaluation.backtrack_token(tmp_path / "nowhere") == "<|backtrack|>"
+    # The built-in base is saved inside the SFT out; its lineage points there.
+    write_lineage(tmp_path, {"kind": "full", "backtrack_token": "<|backtrack|>",
+                             "base": base_record("builtin:tiny-qwen2", saved_as="base")})
+    assert evaluation.base_model(tmp_path) == str(tmp_path / "base")
 
 
-def test_a_builtin_or_missing_base_is_a_params_error(tmp_path: Path):
-    (tmp_path / "lineage.json").write_text('{"base": "builtin:tiny-qwen2"}')
-    with pytest.raises(ParamsError, match=r"eval\.include_base"):
-        evaluation.base_model(tmp_path)
+def test_a_missing_base_is_a_params_error(tmp_path: Path):
     with pytest.raises(ParamsError, match="records no base model"):
         evaluation.base_model(tmp_path / "nowhere")
 

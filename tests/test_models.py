@@ -211,6 +211,40 @@ def test_strategies_without_noise(model_and_tokenizer, strategy: str) -> None:
     assert new_id == old_len
 
 
+def formula(strategy: str, old: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Each strategy written out independently of llmhalluc.models."""
+    def mean_of(texts):
+        ids = [i for t in texts for i in tokenizer.encode(t, add_special_tokens=False)]
+        return old[ids].mean(dim=0)
+
+    vectors = {
+        "mean": old.mean(dim=0),
+        "semantic": mean_of([" undo", " delete", " erase", " back", " remove"]),
+        "description": mean_of(["delete the previous token"]),
+    }
+    vectors["combined"] = (vectors["mean"] + vectors["semantic"] + vectors["description"]) / 3
+    return vectors[strategy]
+
+
+@pytest.mark.parametrize("strategy", sorted(INIT_STRATEGIES))
+def test_rows_equal_the_formula_with_noise(model_and_tokenizer, strategy: str) -> None:
+    """row = strategy(old rows) + N(0, 1) * noise_std * mean row norm / sqrt(dim), input then output matrix,
+    the noise drawn from a generator seeded with `seed` (so the init is reproducible, and each matrix differs)."""
+    model, tokenizer = model_and_tokenizer
+    old_in, old_out = rows(model)
+    new_id = add_backtrack_token(model, tokenizer, strategy=strategy, noise_std=0.05, seed=11)
+    new_in, new_out = rows(model)
+    generator = torch.Generator().manual_seed(11)
+    for new, old in ((new_in, old_in), (new_out, old_out)):
+        dim = old.shape[1]
+        noise = torch.randn(dim, generator=generator) * 0.05 * old.norm(dim=1).mean() / dim**0.5
+        expected = formula(strategy, old, tokenizer) + noise
+        assert torch.allclose(new[new_id], expected, atol=1e-6)
+    # The strategies really differ (the formula is not the same vector under four names).
+    others = {name: INIT_STRATEGIES[name](old_in, tokenizer) for name in INIT_STRATEGIES if name != strategy}
+    assert all(not torch.allclose(new_in[new_id], vector, atol=1e-4) for vector in others.values())
+
+
 def test_combined_is_mean_of_the_other_three(model_and_tokenizer) -> None:
     model, tokenizer = model_and_tokenizer
     matrix = model.get_input_embeddings().weight.detach()

@@ -1,0 +1,139 @@
+"""Lineage: what a model folder was built from, so any later stage can rebuild or describe it.
+
+Every model folder the pipeline writes (models/sft, models/grpo, models/merged) holds a
+``lineage.json``. It is the only way a stage learns about the stages before it (DESIGN:
+"a stage knows the previous stage only through its outs on disk"), so it carries what a
+rebuild needs — the base (id or path, and revision), the kind of weights in the folder
+(``full`` or a ``lora`` adapter), the parent model an adapter applies to — and what a reader
+needs to trust a result: data hash, git commit, resolved params of the stage.
+
+Layout (keys other stages rely on are marked *)::
+
+    {"stage": "train_sft",
+     "kind": "lora" | "full",                                  *
+     "backtrack_token": "<|backtrack|>", "backtrack_id": 512,   *
+     "vocab_rows": 513,             # rows of the embedding matrix the weights expect
+     "base": {"name_or_path": "...", "path": "base" | null, "revision": "..." | null},   *
+     "parent": null | {"path": "models/sft", "lineage": {...}},  *  (what an adapter sits on)
+     "data": {"path": "data/prepared/sft.jsonl", "sha256": "..."},
+     "git_commit": "..." | null, "git_dirty": bool | null,
+     "params": {...resolved params of the stage...}}
+
+``base.path`` is relative to the folder holding the lineage (the built-in model is saved
+inside the out, so the folder stays self-contained); ``parent.path`` is as the stage saw
+it (relative to the repository root, where DVC runs stages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from llmhalluc.errors import DataError
+
+LINEAGE_FILE = "lineage.json"
+KINDS = ("full", "lora")
+
+
+def read_lineage(folder: str | Path) -> dict[str, Any] | None:
+    """The folder's lineage, or None when it has none (a hub model, or a folder from elsewhere)."""
+    path = Path(folder) / LINEAGE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); rerun the stage that wrote {folder}") from exc
+    if not isinstance(data, dict) or data.get("kind") not in KINDS:
+        raise DataError(f"{path}: 'kind' must be one of {', '.join(KINDS)}; rerun the stage that wrote {folder}")
+    return data
+
+
+def write_lineage(folder: str | Path, lineage: dict[str, Any]) -> Path:
+    if lineage.get("kind") not in KINDS:
+        raise ValueError(f"lineage kind must be one of {KINDS}, got {lineage.get('kind')!r}")
+    if not isinstance(lineage.get("backtrack_token"), str):
+        raise ValueError("lineage needs the backtrack_token string (eval and rewards read it)")
+    path = Path(folder) / LINEAGE_FILE
+    path.write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_record(path: str | Path) -> dict[str, str]:
+    """What identifies the training data: its path and content hash."""
+    return {"path": str(path), "sha256": file_sha256(path)}
+
+
+def git_state(cwd: str | Path = ".") -> dict[str, Any]:
+    """The commit the code ran at (None outside a git checkout) and whether tracked files differed from it."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def hub_revision(name_or_path: str, cache_dir: str | Path | None = None) -> str | None:
+    """The commit hash of the cached snapshot a hub id resolves to, when it can be known offline.
+
+    A local folder has no revision (None). For a hub id the snapshot folder name in the HF
+    cache *is* the commit hash; a model card that records it lets someone load exactly
+    those weights again (``from_pretrained(id, revision=...)``).
+    """
+    if Path(name_or_path).exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(name_or_path, "config.json", cache_dir=cache_dir)
+    if not isinstance(found, str):
+        return None
+    parts = Path(found).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+
+
+def base_record(name_or_path: str, *, saved_as: str | None = None, revision: str | None = None) -> dict[str, Any]:
+    """The lineage's ``base`` entry; ``saved_as`` is a path inside the out where a copy of the base lives."""
+    return {
+        "name_or_path": name_or_path,
+        "path": saved_as,
+        "revision": revision if revision is not None else (None if saved_as else hub_revision(name_or_path)),
+    }
+
+
+def base_location(folder: str | Path, lineage: dict[str, Any]) -> tuple[str, str | None]:
+    """Where to load a lineage's base from: (id or path, revision)."""
+    base = lineage.get("base") or {}
+    if base.get("path"):
+        return str(Path(folder) / base["path"]), None
+    if not base.get("name_or_path"):
+        raise DataError(f"{Path(folder) / LINEAGE_FILE}: no base recorded; rerun the stage that wrote {folder}")
+    return base["name_or_path"], base.get("revision")
+
+
+def chain(lineage: dict[str, Any]) -> list[dict[str, Any]]:
+    """The lineages from the oldest stage to this one (base -> sft -> grpo -> ...)."""
+    out = []
+    node: dict[str, Any] | None = lineage
+    while node:
+        out.append(node)
+        parent = node.get("parent") or {}
+        node = parent.get("lineage")
+    return out[::-1]
