@@ -42,10 +42,10 @@ CASES = [
      ["grpo.rewards.length.max_tokens: expected int, got str 'forty'"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: 0 ", ["grpo.rewards.length.max_tokens: must be >= 1"]),
     ("train_grpo", "      penalty: 1.0 ", "      penalty: -1.0 ", ["grpo.rewards.backtrack.penalty: must be >= 0"]),
-    ("train_grpo", "      answer_pattern: The answer is (", "      answer_pattern: The answer is \\d+ (?:",
-     ["grpo.rewards.accuracy.answer_pattern: needs a capture group"]),
-    ("train_grpo", "      answer_pattern: The answer is (", "      answer_pattern: The answer is ((",
+    ("train_grpo", "      answer_pattern: '(?i:", "      answer_pattern: '((?i:",  # one '(' never closed
      ["grpo.rewards.accuracy.answer_pattern: not a valid regular expression"]),
+    ("train_grpo", "      answer_pattern: '(?i:", "      answer_pattern: 'The answer is \\d+' #",
+     ["grpo.rewards.accuracy.answer_pattern: needs a capture group"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, accuracy]",
      ["grpo.reward_funcs[1]: 'accuracy' is listed twice"]),
     ("train_sft", "learning_rate: 0.003", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),

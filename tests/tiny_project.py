@@ -57,6 +57,8 @@ def stage_module(stage: str):
 def run(stage: str, section: str, folder: Path, edits: dict[str, Any] | None = None) -> None:
     """Run one stage's main() in `folder` with TINY + edits (the cwd is restored afterwards)."""
     write_params(folder, {**TINY, **(edits or {})})
+    if not (folder / "configs").exists():  # the dataset registry and accelerate configs, read-only
+        (folder / "configs").symlink_to(ROOT / "configs")
     before = Path.cwd()
     os.chdir(folder)
     try:
