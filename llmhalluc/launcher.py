@@ -39,6 +39,12 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def print_once(message: str) -> None:
+    """Print on rank 0 only: a decision all ranks make alike is worth one line, not N."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def needs_launch(launcher: Any) -> bool:
     """True in the process DVC started when the params ask for accelerate; False once relaunched."""
     return launcher.kind == "accelerate" and os.environ.get(LAUNCHED_ENV) != "1"
@@ -77,3 +83,30 @@ def launch(stage: str, launcher: Any, script: str, argv: list[str]) -> int:
     cmd = accelerate_command(launcher, script, argv)
     print(f"{stage}: launching {launcher.num_processes} processes: {shlex.join(cmd)}", flush=True)
     return subprocess.call(cmd, env={**os.environ, LAUNCHED_ENV: "1"})
+
+
+def announce_shard(trainer: Any, stage: str) -> None:
+    """Under N processes, each rank logs a fingerprint of the first batch it trains on.
+
+    The collator is wrapped rather than the data loader iterated ahead of time, so
+    the sampler's random state (and with it resume and determinism) is untouched.
+    Different fingerprints across ranks show the data really was sharded.
+    """
+    if world_size() == 1:
+        return
+    import hashlib
+    import json
+
+    collate = trainer.data_collator
+    announced = False
+
+    def collate_and_announce(examples: list[Any]) -> Any:
+        nonlocal announced
+        if not announced:
+            announced = True
+            content = json.dumps(examples, sort_keys=True, default=str).encode()
+            print(f"{stage}: rank {rank()} of {world_size()}: first batch of {len(examples)} examples, "
+                  f"fingerprint {hashlib.sha256(content).hexdigest()[:12]}", flush=True)
+        return collate(examples)
+
+    trainer.data_collator = collate_and_announce

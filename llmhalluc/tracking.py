@@ -100,9 +100,16 @@ def truncate_after(directory: str | Path, step: int) -> None:
         path.write_text(out.getvalue())
 
 
-def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = None) -> TrainerLive:
-    """Give the trainer exactly one DVCLive logger (ours), whatever `report_to` says."""
+def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = None) -> TrainerLive | None:
+    """Give the trainer exactly one DVCLive logger (ours), whatever `report_to` says; on rank 0 only.
+
+    Other ranks get none: a second Live on the same folder would truncate rank 0's files.
+    """
+    from llmhalluc.launcher import is_main_process
+
     trainer.remove_callback(DVCLiveCallback)
+    if not is_main_process():
+        return None
     callback = TrainerLive(directory, resume_step=resume_step)
     trainer.add_callback(callback)
     return callback

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.launcher import announce_shard, is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
 from llmhalluc.stage import run_stage, staged_output
 
@@ -64,18 +65,22 @@ def main(section: Section) -> None:
                           processing_class=tokenizer)
     data = lineage.data_record(data_file)
     run = checkpoints.fingerprint(params, {"data": data["sha256"], "start": _model_hash(start)})
-    last = checkpoints.resume_point(config.output_dir, run)
+    with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
+        last = checkpoints.resume_point(config.output_dir, run, log=print_once)
     resume_step = tracking.checkpoint_step(last)
     tracking.attach(trainer, LIVE_DIR, resume_step=resume_step)
-    trainer.add_callback(tracking.CompletionsTable(trainer, LIVE_DIR / "completions", resume_step=resume_step))
+    if is_main_process():
+        trainer.add_callback(tracking.CompletionsTable(trainer, LIVE_DIR / "completions", resume_step=resume_step))
+    announce_shard(trainer, "train_grpo")
     result = trainer.train(resume_from_checkpoint=last)
 
     with staged_output(p.model_dir) as staging:
         if p.lora.enabled:
             trainer.model.peft_config["default"].base_model_name_or_path = start
             save_adapter(trainer.model, staging)
-        else:
-            trainer.model.save_pretrained(staging, safe_serialization=True)
+        else:  # save_model gathers ZeRO-3 / FSDP shards onto rank 0 before writing
+            trainer.save_model(str(staging))
+            (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved params say it all
         tokenizer.save_pretrained(staging)
         write_resolved(params, staging)
         base = dict(upstream["base"]) if upstream else lineage.base_record(start)
@@ -89,7 +94,8 @@ def main(section: Section) -> None:
             "base": base, "parent": {"path": start, "lineage": upstream}, "data": data,
             **lineage.git_state(), "params": params,
         })
-    checkpoints.clean(config.output_dir)
+    if is_main_process():
+        checkpoints.clean(config.output_dir)
     print(f"train_grpo: {result.global_step} steps, {config.num_generations} generations per prompt, "
           f"max_completion_length {config.max_completion_length} -> {p.model_dir}")
 

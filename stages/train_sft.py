@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import encode_example
 from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.launcher import announce_shard, is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
 from llmhalluc.stage import run_stage, staged_output
 
@@ -37,14 +38,18 @@ def main(section: Section) -> None:
     records = read_jsonl(data_file)
 
     # The model. The built-in one is built from the seed and saved first, so it is loaded like any other.
+    # Under N processes rank 0 builds it while the others wait, then every rank loads the same folder.
     name, base_dir = p.model_name_or_path, None
     if models.is_builtin(name):
-        corpus = [r.question for r in records] + [r.solution() for r in records]
-        corpus += [e.text for r in records for e in r.errors]
-        t = p.tiny_model
-        base_dir = models.build_tiny_model(Path(config.output_dir) / "base", corpus, vocab_size=t.vocab_size,
-                                           hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                           num_heads=t.num_heads, intermediate_size=t.intermediate_size, seed=t.seed)
+        base_dir = Path(config.output_dir) / "base"
+        with config.main_process_first(desc="build the tiny base model"):
+            if is_main_process():
+                corpus = [r.question for r in records] + [r.solution() for r in records]
+                corpus += [e.text for r in records for e in r.errors]
+                t = p.tiny_model
+                models.build_tiny_model(base_dir, corpus, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                                        num_layers=t.num_layers, num_heads=t.num_heads,
+                                        intermediate_size=t.intermediate_size, seed=t.seed)
         name = str(base_dir)
     model, tokenizer = models.load_model_and_tokenizer(
         name, dtype=p.dtype, attn_implementation=None if p.attn_implementation == "auto" else p.attn_implementation,
@@ -64,8 +69,10 @@ def main(section: Section) -> None:
     base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None)
     data = lineage.data_record(data_file)
     run = checkpoints.fingerprint(params, {"data": data["sha256"], "base": base})
-    last = checkpoints.resume_point(config.output_dir, run)
+    with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
+        last = checkpoints.resume_point(config.output_dir, run, log=print_once)
     tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last))
+    announce_shard(trainer, "train_sft")
     result = trainer.train(resume_from_checkpoint=last)
 
     with staged_output(p.model_dir) as staging:
@@ -73,8 +80,9 @@ def main(section: Section) -> None:
             trainer.model.peft_config["default"].base_model_name_or_path = (
                 str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path)
             save_adapter(trainer.model, staging)
-        else:
-            trainer.model.save_pretrained(staging, safe_serialization=True)
+        else:  # save_model gathers ZeRO-3 / FSDP shards onto rank 0 before writing
+            trainer.save_model(str(staging))
+            (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved params say it all
         tokenizer.save_pretrained(staging)
         if base_dir:
             shutil.copytree(base_dir, staging / "base")
@@ -85,9 +93,10 @@ def main(section: Section) -> None:
             "vocab_rows": vocab_rows,
             "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
         })
-    checkpoints.clean(config.output_dir)
-    if base_dir:
-        shutil.rmtree(base_dir)
+    if is_main_process():
+        checkpoints.clean(config.output_dir)
+        if base_dir:
+            shutil.rmtree(base_dir)
     print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
 
 
