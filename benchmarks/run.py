@@ -144,6 +144,30 @@ def fail_fast(work: Path, repeat: int) -> list[Row]:
                 timings(lambda: run(load, work)[0], repeat), "s", "error <= 2 s")]
 
 
+def paired(first: list[str], second: list[str], work: Path, repeat: int) -> tuple[dict, dict]:
+    """Timings of two commands run alternately, so a change in machine load hits both alike."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(run(first, work)[0])
+        b.append(run(second, work)[0])
+    return ({"min": min(a), "median": statistics.median(a), "n": repeat},
+            {"min": min(b), "median": statistics.median(b), "n": repeat})
+
+
+@benchmark("stage_overhead")
+def stage_overhead(work: Path, repeat: int) -> list[Row]:
+    """train_sft / train_grpo through the pipeline vs a bare TRL script doing the same steps (bare_trl.py)."""
+    if not (work / "models" / "grpo").is_dir():
+        run([*DVC, "repro", "train_grpo"], work)
+    shutil.copy2(ROOT / "benchmarks" / "bare_trl.py", work / "bare_trl.py")
+    rows = []
+    for stage, short in (("train_sft", "sft"), ("train_grpo", "grpo")):
+        pipeline, bare = paired([PY, f"stages/{stage}.py"], [PY, "bare_trl.py", short], work, repeat)
+        rows.append(row(f"{stage} stage vs bare TRL", pipeline, bare, "s", "ratio <= 1.05",
+                        note="whole process: start-up, model load, data, training, save"))
+    return rows
+
+
 @benchmark("prepare_scaling")
 def prepare_scaling(work: Path, repeat: int) -> list[Row]:
     """prepare's rows/s at 1k, 10k and 100k synthetic rows; a linear stage keeps rows/s flat."""
