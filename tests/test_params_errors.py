@@ -51,7 +51,7 @@ CASES = [
     ("train_sft", "learning_rate: 0.003", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),
     ("train_sft", "lr_scheduler_type: cosine", "lr_scheduler_type: cosin",
      ["sft.lr_scheduler_type", "did you mean 'cosine'"]),
-    ("train_sft", "  max_steps: 300", "  max_steps: 300.5", ["sft.max_steps: expected int, got float 300.5"]),
+    ("train_sft", "  max_steps: 600", "  max_steps: 600.5", ["sft.max_steps: expected int, got float 600.5"]),
     ("train_sft", "  enabled: false              # true: train a LoRA adapter; false: all weights",
      "  enabled: no", ["sft.lora.enabled: expected bool, got str 'no'"]),
     ("prepare", "    sft: 1500 ", "    stf: 1500 ",
@@ -97,7 +97,7 @@ def test_bf16_without_gpu_is_refused(tmp_path: Path, params_text: str):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU, so bf16 may be valid here")
-    text = edit(params_text, "  max_steps: 300", "  bf16: true\n  max_steps: 300")
+    text = edit(params_text, "  max_steps: 600", "  bf16: true\n  max_steps: 600")
     (tmp_path / "params.yaml").write_text(text)
     result = run_stage_script("train_sft", tmp_path, "--dry-run")
     assert result.returncode == 2

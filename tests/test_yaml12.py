@@ -11,7 +11,7 @@ from tests.conftest import edit
 
 def test_dvc_style_float_is_a_float(tmp_path: Path, params_text: str):
     # `dvc exp run -S grpo.learning_rate=1e-6` writes exactly this; PyYAML would read a string.
-    (tmp_path / "params.yaml").write_text(edit(params_text, "learning_rate: 0.0001", "learning_rate: 1e-06"))
+    (tmp_path / "params.yaml").write_text(edit(params_text, "learning_rate: 0.00002", "learning_rate: 1e-06"))
     section = load_section("grpo", tmp_path / "params.yaml", for_run=False)
     assert section.trl["learning_rate"] == 1e-06
     assert type(section.trl["learning_rate"]) is float
@@ -33,7 +33,7 @@ def test_dry_run_prints_every_grpo_field(tmp_path: Path, params_text: str):
 
     from tests.conftest import run_stage_script
 
-    (tmp_path / "params.yaml").write_text(edit(params_text, "learning_rate: 0.0001", "learning_rate: 1e-06"))
+    (tmp_path / "params.yaml").write_text(edit(params_text, "learning_rate: 0.00002", "learning_rate: 1e-06"))
     result = run_stage_script("train_grpo", tmp_path, "--dry-run")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
