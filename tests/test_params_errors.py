@@ -27,7 +27,7 @@ CASES = [
     ("train_grpo", "  num_generations: 4 ", '  num_generations: "eight" ',
      ["grpo.num_generations: expected int", "'eight'"]),
     ("train_grpo", "  num_generations: 4 ", "  num_generations: 3 ",
-     ["grpo.num_generations: 3 does not divide the generation batch 8", "valid here: [2, 4, 8]"]),
+     ["grpo.num_generations: 3 does not divide the generation batch 16", "valid here: [2, 4, 8, 16]"]),
     ("train_grpo", "reward_weights: [1.0, 0.5]", "reward_weights: [1.0]",
      ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format]",
