@@ -168,6 +168,26 @@ def stage_overhead(work: Path, repeat: int) -> list[Row]:
     return rows
 
 
+@benchmark("eval_throughput")
+def eval_throughput(work: Path, repeat: int) -> list[Row]:
+    """Batched eval vs one-at-a-time generate on the trained default model (benchmarks/eval_throughput.py)."""
+    model = work / "models" / "merged"
+    if not model.is_dir():
+        run([*DVC, "repro", "merge"], work)
+    out = work / "eval_throughput.json"
+    run([PY, str(ROOT / "benchmarks" / "eval_throughput.py"), "--model", str(model), "--repeats", str(max(repeat, 3)),
+         "--out", str(out)], work)
+    paths = json.loads(out.read_text())["paths"]
+    single = paths["one at a time"]
+
+    def rate(path: dict) -> dict:
+        return {"max": path["examples_per_s_best"], "median": path["examples_per_s_median"], "n": len(path["seconds"])}
+
+    return [row(f"eval {name}", rate(path), rate(single), "examples/s", ">= 10x one at a time",
+                note=f"median speed-up {path['speedup_median']:.1f}x", higher_is_better=True)
+            for name, path in paths.items() if name != "one at a time"]
+
+
 @benchmark("prepare_scaling")
 def prepare_scaling(work: Path, repeat: int) -> list[Row]:
     """prepare's rows/s at 1k, 10k and 100k synthetic rows; a linear stage keeps rows/s flat."""
