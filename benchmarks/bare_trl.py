@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llmhalluc.datasets.records import read_jsonl
+
 KEEP = ("max_steps", "per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "warmup_steps", "seed",
         "max_length", "num_generations", "max_completion_length", "temperature", "beta", "loss_type",
         "scale_rewards", "reward_weights", "logging_steps", "use_cpu")
@@ -39,10 +41,8 @@ def sft(out: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained("models/sft")
     model = AutoModelForCausalLM.from_pretrained(start)
     model.resize_token_embeddings(len(tokenizer))
-    rows = [json.loads(line) for line in Path("data/prepared/sft.jsonl").read_text().splitlines()]
-    data = Dataset.from_list([{"prompt": r["prompt"],
-                               "completion": [{"role": "assistant", "content": " ".join(
-                                   [*r["steps"], f"The answer is {r['answer']}."])}]} for r in rows])
+    data = Dataset.from_list([{"prompt": r.prompt, "completion": [{"role": "assistant", "content": r.solution()}]}
+                              for r in read_jsonl("data/prepared/sft.jsonl")])
     config = SFTConfig(output_dir=out, report_to="none", save_strategy="no", **_args(resolved))
     SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer).train()
     model.save_pretrained(Path(out) / "model")
@@ -59,9 +59,8 @@ def grpo(out: str) -> None:
     resolved = json.loads(Path("models/grpo/resolved_params.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained("models/sft")
     model = AutoModelForCausalLM.from_pretrained("models/sft")
-    rows = [json.loads(line) for line in Path("data/prepared/grpo.jsonl").read_text().splitlines()]
-    data = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"], "answerable": r["answerable"]}
-                              for r in rows])
+    data = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable}
+                              for r in read_jsonl("data/prepared/grpo.jsonl")])
     names = resolved["reward_funcs"]
     rewards = build_rewards(names, tokenizer, tokenizer.convert_tokens_to_ids("<|backtrack|>"), RewardsParams())
     config = GRPOConfig(output_dir=out, report_to="none", save_strategy="no", **_args(resolved))

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.answers import DEFAULT_ABSTAIN
-from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
+from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage, staged_output
@@ -47,7 +48,7 @@ def main(section: Section) -> None:
     if not records:
         raise DataError(f"{data_dir / 'eval.jsonl'}: no eval records; raise prepare.sizes.eval")
     _check_held_out(data_dir, records)
-    abstain = _abstain_phrase(data_dir / "meta.json")
+    abstain = read_abstain_answer(data_dir, DEFAULT_ABSTAIN)
     compared = dict(p.models)
     if p.include_base:
         compared["base"] = evaluation.base_model(p.base_from)
@@ -131,30 +132,16 @@ def _backtrack_id(tokenizer: Any, path: str) -> int:
 def _check_held_out(data_dir: Path, records: list) -> None:
     """Refuse an eval set that shares a question with the training sets beside it (the original
     project evaluated on its own training split; prepare keeps them disjoint, this keeps it honest)."""
-    questions = {r.question: r.id for r in records}
+    questions = {normalize_question(r.question): r.id for r in records}
     for split in ("sft", "grpo"):
         path = data_dir / f"{split}.jsonl"
         if not path.is_file():
             continue
-        shared = [(questions[t.question], t.id) for t in read_jsonl(path) if t.question in questions]
+        shared = [(questions[q], t.id) for t in read_jsonl(path) if (q := normalize_question(t.question)) in questions]
         if shared:
             pairs = ", ".join(f"{e} = {t}" for e, t in shared[:5])
             raise DataError(f"{data_dir / 'eval.jsonl'}: {len(shared)} eval question(s) also in {path} ({pairs}); "
                             "eval must be held out: re-run `dvc repro prepare`")
-
-
-def _abstain_phrase(meta_file: Path) -> str:
-    """The gold answer of unanswerable questions, as prepare recorded it (default "unanswerable")."""
-    if not meta_file.is_file():
-        return DEFAULT_ABSTAIN
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{meta_file}: not valid JSON ({exc}); re-run `dvc repro prepare`") from exc
-    phrase = meta.get("abstain_answer", DEFAULT_ABSTAIN) if isinstance(meta, dict) else None
-    if not isinstance(phrase, str) or not phrase.strip():
-        raise DataError(f"{meta_file}: abstain_answer must be a non-empty string, got {phrase!r}")
-    return phrase
 
 
 def _write_csv(path: Path, header: list[str], rows: Iterable[Sequence[Any]]) -> None:

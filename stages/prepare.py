@@ -14,14 +14,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.datasets.augment import add_errors
-from llmhalluc.datasets.records import chat_prompt, write_jsonl
+from llmhalluc.datasets.records import chat_prompt, write_jsonl, write_meta
 from llmhalluc.datasets.registry import load_registry
 from llmhalluc.datasets.splits import Drops, entry_rng, load_entry, split
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage, staged_output
 
 METRICS = Path("metrics/prepare.json")
-META_FILE = "meta.json"
 
 
 def main(section: Section) -> None:
@@ -48,7 +47,7 @@ def main(section: Section) -> None:
     with staged_output(p.out_dir) as staging:
         for name, rows in every.items():
             write_jsonl(rows, staging / f"{name}.jsonl")
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_meta(staging, meta)
         write_resolved(resolved(section), staging)
     METRICS.parent.mkdir(parents=True, exist_ok=True)
     METRICS.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")

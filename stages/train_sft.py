@@ -115,7 +115,7 @@ def encode_records(records, tokenizer, backtrack_id: int, *, mask_errors: bool) 
     for r in records:
         prompt_ids = tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True,
                                                    return_dict=False)
-        examples.append(encode_example(prompt_ids, r.steps, f"The answer is {r.answer}.",
+        examples.append(encode_example(prompt_ids, r.steps, r.answer_sentence(),
                                        [(e.step, e.text) for e in r.errors], tokenize, backtrack_id,
                                        end_ids, mask_errors=mask_errors))
     return examples

@@ -112,3 +112,26 @@ def _check_types(record: Record) -> None:
     for error in record.errors:
         if not isinstance(error.step, int) or not isinstance(error.text, str):
             raise TypeError(f"errors entries need an integer step and a text, got {error!r}")
+
+
+#: Facts about the prepared sets as a whole (the abstain phrase, the sources), beside the three .jsonl files.
+META_FILE = "meta.json"
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_abstain_answer(data_dir: str | Path, default: str) -> str:
+    """The gold answer of unanswerable questions as prepare recorded it (default when the file predates it)."""
+    meta_file = Path(data_dir) / META_FILE
+    if not meta_file.is_file():
+        return default
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{meta_file}: not valid JSON ({exc}); re-run `dvc repro prepare`") from exc
+    phrase = meta.get("abstain_answer", default) if isinstance(meta, dict) else None
+    if not isinstance(phrase, str) or not phrase.strip():
+        raise DataError(f"{meta_file}: abstain_answer must be a non-empty string, got {phrase!r}")
+    return phrase
