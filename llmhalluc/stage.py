@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -75,6 +76,21 @@ def write_failure(exc: BaseException) -> str | None:
 
 def os_reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """One file, written beside and renamed into place: a crash (or a parallel experiment writing the same
+    cache) never leaves half a file for DVC or the next run to read. staged_output does the same for folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import gc
 import json
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
 from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
 from llmhalluc.params import Section, resolved, write_resolved
-from llmhalluc.stage import run_stage, staged_output
+from llmhalluc.stage import run_stage, staged_output, write_atomically
 
 if TYPE_CHECKING:
     from llmhalluc.evaluation import Sampling
@@ -85,7 +84,7 @@ def main(section: Section) -> None:
         (staging / "backtracks").mkdir()
         for name, histogram in histograms.items():
             _write_csv(staging / "backtracks" / f"{name}.csv", ["backtracks", "completions"], histogram)
-    _write_atomic(Path(p.metrics_file), json.dumps(metrics, indent=2) + "\n")
+    write_atomically(p.metrics_file, json.dumps(metrics, indent=2) + "\n")
 
 
 def _load(p: EvalParams, path: str) -> tuple[Any, Any]:
@@ -149,14 +148,6 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[Sequence[Any]]) -> 
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write beside, then rename: a crash never leaves half a metrics file for DVC to read."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 if __name__ == "__main__":

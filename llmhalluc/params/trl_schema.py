@@ -27,7 +27,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +65,10 @@ def trl_schema(section: str) -> dict[str, FieldSpec]:
         cached = None
     if cached is None:
         cached = derive_all()
-        _write_atomically(path, json.dumps(cached))
+        from llmhalluc.stage import write_atomically  # the stage module imports this one
+
+        write_atomically(path, json.dumps(cached))
     return {name: FieldSpec.from_json(spec) for name, spec in cached[section].items()}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A crash mid-write (or two parallel experiments) must never leave half a cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def derive_all() -> dict[str, dict[str, Any]]:
