@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from llmhalluc.launcher import SHARDS_DIR
+
 FINGERPRINT_FILE = "run_fingerprint.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
@@ -95,3 +97,4 @@ def clean(output_dir: str | Path) -> None:
     for path in checkpoints(folder):
         shutil.rmtree(path)
     (folder / FINGERPRINT_FILE).unlink(missing_ok=True)
+    shutil.rmtree(folder / SHARDS_DIR, ignore_errors=True)  # the ranks' first-batch records, now in lineage

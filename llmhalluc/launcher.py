@@ -42,7 +42,7 @@ def is_main_process() -> bool:
 def print_once(message: str) -> None:
     """Print on rank 0 only: a decision all ranks make alike is worth one line, not N."""
     if is_main_process():
-        print(message, flush=True)
+        say(message)
 
 
 def needs_launch(launcher: Any) -> bool:
@@ -85,19 +85,36 @@ def launch(stage: str, launcher: Any, script: str, argv: list[str]) -> int:
     return subprocess.call(cmd, env={**os.environ, LAUNCHED_ENV: "1"})
 
 
-def announce_shard(trainer: Any, stage: str) -> None:
-    """Under N processes, each rank logs a fingerprint of the first batch it trains on.
+def say(message: str) -> None:
+    """Print one whole line in one write: ranks share a stream, and a line written in two
+    pieces (text, then newline; what `print` does when Python runs unbuffered) can be cut in
+    half by another rank's line."""
+    sys.stdout.write(f"{message}\n")
+    sys.stdout.flush()
 
+
+#: Folder under a trainer's output_dir where each rank records the first batch it trained on.
+SHARDS_DIR = "shards"
+
+
+def announce_shard(trainer: Any, stage: str) -> None:
+    """Under N processes, each rank records a fingerprint of the first batch it trains on.
+
+    The record is a file per rank (output_dir/shards/rank-N.json), not only a log line:
+    N processes share one stream, so a log line is evidence only when it arrives whole,
+    and a file always does. Rank 0 gathers the files into the model's outs (see
+    `collect_shards`), so "the data really was sharded" can be checked after the fact.
     The collator is wrapped rather than the data loader iterated ahead of time, so
     the sampler's random state (and with it resume and determinism) is untouched.
-    Different fingerprints across ranks show the data really was sharded.
     """
     if world_size() == 1:
         return
     import hashlib
     import json
+    import tempfile
 
     collate = trainer.data_collator
+    folder = Path(trainer.args.output_dir) / SHARDS_DIR
     announced = False
 
     def collate_and_announce(examples: list[Any]) -> Any:
@@ -105,8 +122,39 @@ def announce_shard(trainer: Any, stage: str) -> None:
         if not announced:
             announced = True
             content = json.dumps(examples, sort_keys=True, default=str).encode()
-            print(f"{stage}: rank {rank()} of {world_size()}: first batch of {len(examples)} examples, "
-                  f"fingerprint {hashlib.sha256(content).hexdigest()[:12]}", flush=True)
+            record = {"rank": rank(), "world_size": world_size(), "examples": len(examples),
+                      "fingerprint": hashlib.sha256(content).hexdigest()[:12]}
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".rank-{rank()}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+            os.replace(tmp, folder / f"rank-{rank()}.json")  # whole or absent, never half a record
+            say(f"{stage}: rank {rank()} of {world_size()}: first batch of {len(examples)} examples, "
+                f"fingerprint {record['fingerprint']}")
         return collate(examples)
 
     trainer.data_collator = collate_and_announce
+
+
+def collect_shards(trainer: Any) -> dict[str, Any] | None:
+    """Every rank's first-batch record of this run, by rank; None in a single process.
+
+    Call after trainer.train() on every rank: the barrier makes sure each rank has
+    written its record (each trains on a first batch before any step can finish, and
+    the barrier is passed only when all have finished), then the shard files are removed
+    with the rest of the run's scratch when the caller cleans output_dir.
+    """
+    if world_size() == 1:
+        return None
+    import json
+
+    trainer.accelerator.wait_for_everyone()
+    folder = Path(trainer.args.output_dir) / SHARDS_DIR
+    records = {}
+    for r in range(world_size()):
+        path = folder / f"rank-{r}.json"
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record is None or record.get("world_size") != world_size():
+            raise RuntimeError(f"{path}: rank {r} recorded no first batch for this run of {world_size()} processes")
+        records[str(r)] = record
+    return records

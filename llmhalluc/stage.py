@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc.errors import OutputError, UserError
-from llmhalluc.launcher import is_main_process, launch, needs_launch, rank, world_size
+from llmhalluc.launcher import is_main_process, launch, needs_launch, rank, say, world_size
 from llmhalluc.params import Section, load_section
 
 
@@ -43,7 +43,7 @@ def run_stage(name: str, work: Callable[[Section], Any], resolve: Callable[[Sect
         if launcher is not None and needs_launch(launcher):
             sys.exit(launch(name, launcher, sys.argv[0], ["--params", args.params]))
         if world_size() > 1:
-            print(f"{name}: rank {rank()} of world size {world_size()}", flush=True)
+            say(f"{name}: rank {rank()} of world size {world_size()}")
         work(section)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

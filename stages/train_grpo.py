@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.datasets.records import read_jsonl
-from llmhalluc.launcher import announce_shard, is_main_process, print_once
+from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
 from llmhalluc.stage import run_stage, staged_output
 
@@ -73,6 +73,7 @@ def main(section: Section) -> None:
         trainer.add_callback(tracking.CompletionsTable(trainer, LIVE_DIR / "completions", resume_step=resume_step))
     announce_shard(trainer, "train_grpo")
     result = trainer.train(resume_from_checkpoint=last)
+    shards = collect_shards(trainer)  # under N processes: each rank's first batch
 
     with staged_output(p.model_dir) as staging:
         if p.lora.enabled:
@@ -93,6 +94,7 @@ def main(section: Section) -> None:
             .get_input_embeddings().weight.shape[0],
             "base": base, "parent": {"path": start, "lineage": upstream}, "data": data,
             **lineage.git_state(), "params": params,
+            **({"shards": shards} if shards else {}),
         })
     if is_main_process():
         checkpoints.clean(config.output_dir)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import encode_example
 from llmhalluc.datasets.records import read_jsonl
-from llmhalluc.launcher import announce_shard, is_main_process, print_once
+from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
 from llmhalluc.stage import run_stage, staged_output
 
@@ -74,6 +74,7 @@ def main(section: Section) -> None:
     tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last))
     announce_shard(trainer, "train_sft")
     result = trainer.train(resume_from_checkpoint=last)
+    shards = collect_shards(trainer)  # under N processes: each rank's first batch
 
     with staged_output(p.model_dir) as staging:
         if p.lora.enabled:  # the adapter names its base as a user would load it from the repository root
@@ -92,6 +93,7 @@ def main(section: Section) -> None:
             "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
             "vocab_rows": vocab_rows,
             "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
+            **({"shards": shards} if shards else {}),
         })
     if is_main_process():
         checkpoints.clean(config.output_dir)

@@ -7,7 +7,6 @@ The stages are started exactly as dvc.yaml starts them (`python stages/<stage>.p
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from tests.conftest import ROOT, run_stage_script
@@ -22,10 +21,15 @@ def _run(stage: str, folder: Path) -> str:
     return result.stdout + result.stderr
 
 
-def _first_batches(log: str, stage: str) -> dict[int, str]:
-    """rank -> fingerprint of the first batch that rank trained on, as the stage logged it."""
-    found = re.findall(rf"{stage}: rank (\d) of 2: first batch [^\n]*fingerprint (\w+)", log)
-    return {int(rank): fingerprint for rank, fingerprint in found}
+def _first_batches(model_dir: Path) -> dict[int, str]:
+    """rank -> fingerprint of the first batch that rank trained on, as the model's lineage records it.
+
+    Read from the outs, not the log: two processes share one stream, and a log line of
+    one rank can arrive cut in two by the other's (tests/test_distributed.py once failed so).
+    """
+    shards = json.loads((model_dir / "lineage.json").read_text())["shards"]
+    assert all(s["world_size"] == 2 and s["examples"] > 0 for s in shards.values())
+    return {int(rank): s["fingerprint"] for rank, s in shards.items()}
 
 
 def test_two_cpu_processes_train_sft_and_grpo_into_normal_outs(tmp_path: Path):
@@ -40,17 +44,18 @@ def test_two_cpu_processes_train_sft_and_grpo_into_normal_outs(tmp_path: Path):
     log = _run("train_sft", tmp_path)
     assert "launching 2 processes" in log
     assert "sft: rank 0 of world size 2" in log and "sft: rank 1 of world size 2" in log
-    batches = _first_batches(log, "train_sft")
+    batches = _first_batches(tmp_path / "models" / "sft")
     assert set(batches) == {0, 1} and batches[0] != batches[1]  # each rank trained on its own shard
 
     log = _run("train_grpo", tmp_path)
     assert "grpo: rank 0 of world size 2" in log and "grpo: rank 1 of world size 2" in log
-    batches = _first_batches(log, "train_grpo")
+    batches = _first_batches(tmp_path / "models" / "grpo")
     assert set(batches) == {0, 1} and batches[0] != batches[1]
 
     resolved = json.loads((tmp_path / "models" / "grpo" / "resolved_params.json").read_text())
     assert resolved["launcher"]["num_processes"] == 2
     assert not list((tmp_path / "models").glob(".*.tmp"))  # only rank 0 published, nothing left half-written
+    assert not (tmp_path / "checkpoints" / "grpo" / "shards").exists()  # the ranks' records moved into lineage
 
     _run("merge", tmp_path)
     _run("eval", tmp_path)
