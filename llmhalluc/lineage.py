@@ -16,7 +16,9 @@ Layout (keys other stages rely on are marked *)::
      "base": {"name_or_path": "...", "path": "base" | null, "revision": "..." | null},   *
      "parent": null | {"path": "models/sft", "lineage": {...}},  *  (what an adapter sits on)
      "data": {"path": "data/prepared/sft.jsonl", "sha256": "..."},
+     "lengths": {"max_completion_tokens": 41, ...},   # train_sft: what generation must leave room for
      "git_commit": "..." | null, "git_dirty": bool | null,
+     "versions": {"torch": "2.13.0+cpu", "transformers": ..., "trl": ..., "peft": ..., ...},
      "params": {...resolved params of the stage...}}
 
 ``base.path`` is relative to the folder holding the lineage (the built-in model is saved
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +61,42 @@ def write_lineage(folder: str | Path, lineage: dict[str, Any]) -> Path:
     if not isinstance(lineage.get("backtrack_token"), str):
         raise ValueError("lineage needs the backtrack_token string (eval and rewards read it)")
     path = Path(folder) / LINEAGE_FILE
+    lineage = {**lineage, "versions": library_versions()}
     path.write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+#: The libraries whose versions decide the numbers a run gives (float kernels, trainer defaults).
+VERSIONED = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers")
+
+
+def library_versions() -> dict[str, str | None]:
+    """Python's and each library's installed version: same params and seed repeat a result only
+    on the same versions (and machine), so every model records them."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def length_record(examples: list[dict[str, list[int]]], prompt_lengths: list[int],
+                  max_length: int | None) -> dict[str, int]:
+    """Token lengths of the SFT examples, as trained: the longest completion (what GRPO and eval
+    must be able to generate: errors, backtracks and the end-of-turn token included) and how
+    many examples max_length cuts."""
+    totals = [len(e["input_ids"]) for e in examples]
+    completions = [total - prompt for total, prompt in zip(totals, prompt_lengths, strict=True)]
+    return {
+        "max_completion_tokens": max(completions, default=0),
+        "max_example_tokens": max(totals, default=0),
+        "truncated_examples": sum(1 for t in totals if max_length is not None and t > max_length),
+    }
 
 
 def file_sha256(path: str | Path) -> str:
@@ -137,3 +174,14 @@ def chain(lineage: dict[str, Any]) -> list[dict[str, Any]]:
         parent = node.get("parent") or {}
         node = parent.get("lineage")
     return out[::-1]
+
+
+def warn_if_cut(upstream: dict[str, Any] | None, limit: int, key: str, log: Callable[[str], None]) -> bool:
+    """Warn (naming key) when a generation limit is shorter than the longest completion SFT trained on:
+    a late backtrack or the answer of such a completion would be cut off, and read as the model's failure."""
+    longest = ((upstream or {}).get("lengths") or {}).get("max_completion_tokens")
+    if longest is None or limit >= longest:
+        return False
+    log(f"warning: {key} {limit} is shorter than the longest SFT completion ({longest} tokens, backtracks and "
+        f"end of turn included): completions that long are cut off; raise {key} to at least {longest}")
+    return True

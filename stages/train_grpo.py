@@ -53,6 +53,8 @@ def main(section: Section) -> None:
     if backtrack_id is None or backtrack_id == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
         raise DataError(f"{start}: the tokenizer has no {token!r} token; start GRPO from the SFT stage's out")
 
+    lineage.warn_if_cut(upstream, config.max_completion_length, "grpo.max_completion_length", log=print_once)
+
     # Conversational prompts as TRL expects; ground truth reaches the rewards as columns.
     dataset = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable}
                                  for r in records])

@@ -44,8 +44,9 @@ def main(section: Section) -> None:
         base_dir = Path(config.output_dir) / "base"
         with config.main_process_first(desc="build the tiny base model"):
             if is_main_process():
+                # Clean text only: a tokenizer trained on the injected errors too would change with
+                # prepare.backtrack.*, and "same seed" would then be a different starting model.
                 corpus = [r.question for r in records] + [r.solution() for r in records]
-                corpus += [e.text for r in records for e in r.errors]
                 t = p.tiny_model
                 models.build_tiny_model(base_dir, corpus, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
                                         num_layers=t.num_layers, num_heads=t.num_heads,
@@ -60,7 +61,13 @@ def main(section: Section) -> None:
     vocab_rows = model.get_input_embeddings().weight.shape[0]  # what an adapter's base must be resized to
 
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
-    dataset = Dataset.from_list(encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors))
+    examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors)
+    lengths = lineage.length_record(examples, prompt_lengths, config.max_length)  # GRPO and eval check against it
+    if lengths["truncated_examples"]:
+        print_once(f"warning: sft.max_length {config.max_length} cuts {lengths['truncated_examples']} of "
+                   f"{len(examples)} SFT examples (longest {lengths['max_example_tokens']} tokens): their ends, "
+                   "answer and end of turn included, are not trained on; raise sft.max_length")
+    dataset = Dataset.from_list(examples)
 
     # Train, resuming the same run's last complete checkpoint if a killed run left one.
     if p.lora.enabled:
@@ -91,7 +98,7 @@ def main(section: Section) -> None:
         lineage.write_lineage(staging, {
             "stage": "train_sft", "kind": "lora" if p.lora.enabled else "full",
             "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
-            "vocab_rows": vocab_rows,
+            "vocab_rows": vocab_rows, "lengths": lengths,
             "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
             **({"shards": shards} if shards else {}),
         })
@@ -102,8 +109,9 @@ def main(section: Section) -> None:
     print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
 
 
-def encode_records(records, tokenizer, backtrack_id: int, *, mask_errors: bool) -> list[dict[str, list[int]]]:
-    """input_ids + labels per record, in the chat template the model will be prompted with.
+def encode_records(records, tokenizer, backtrack_id: int, *,
+                   mask_errors: bool) -> tuple[list[dict[str, list[int]]], list[int]]:
+    """input_ids + labels per record, in the chat template the model will be prompted with, and each prompt's length.
 
     The labels (-100 off the loss) are what SFTTrainer trains on: a `labels` column is used
     as is (tests/test_train_sft.py checks the collated batch).
@@ -113,14 +121,15 @@ def encode_records(records, tokenizer, backtrack_id: int, *, mask_errors: bool) 
     def tokenize(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
 
-    examples = []
+    examples, prompt_lengths = [], []
     for r in records:
         prompt_ids = tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True,
                                                    return_dict=False)
+        prompt_lengths.append(len(prompt_ids))
         examples.append(encode_example(prompt_ids, r.steps, r.answer_sentence(),
                                        [(e.step, e.text) for e in r.errors], tokenize, backtrack_id,
                                        end_ids, mask_errors=mask_errors))
-    return examples
+    return examples, prompt_lengths
 
 
 if __name__ == "__main__":

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from llmhalluc.errors import DataError
-from llmhalluc.lineage import base_record, chain, data_record, hub_revision, read_lineage, write_lineage
+from llmhalluc.lineage import (
+    base_record,
+    chain,
+    data_record,
+    hub_revision,
+    library_versions,
+    read_lineage,
+    write_lineage,
+)
 
 
 def test_hub_revision_is_the_cached_snapshot_commit(tmp_path: Path) -> None:
@@ -34,7 +42,7 @@ def test_round_trip_chain_and_bad_files(tmp_path: Path) -> None:
     grpo = {"stage": "train_grpo", "kind": "full", "backtrack_token": "<|backtrack|>",
             "parent": {"path": "models/sft", "lineage": sft}}
     write_lineage(tmp_path, grpo)
-    assert read_lineage(tmp_path) == grpo
+    assert read_lineage(tmp_path) == {**grpo, "versions": library_versions()}  # the writer adds what ran it
     assert [n["stage"] for n in chain(grpo)] == ["train_sft", "train_grpo"]
     assert sft["data"]["sha256"] == hashlib.sha256(b'{"id": 1}\n').hexdigest()
     assert read_lineage(tmp_path / "missing") is None

@@ -1,0 +1,323 @@
+"""One config over N seeds as DVC experiments, and the report that turns them into mean ± 95 % CI.
+
+A single run says little: on the default task two seeds of one config differ by more
+than most effects worth testing. So a config is run over seeds, every seed that
+matters at once (data generation and split, the built-in model's initial weights, the
+trainers, eval's sampling), each seed one ordinary DVC experiment:
+
+    python -m llmhalluc.seeds queue --seeds 5 -S prepare.backtrack.error_rate=0.3
+    dvc queue start -j 2            # or: python -m llmhalluc.seeds run ... (one after another, now)
+    python -m llmhalluc.seeds report
+
+The report reads `dvc exp show --json`, groups the finished experiments by their
+params with the seed keys left out (a config), and writes, per config and metric,
+the mean and its Student-t 95 % interval (llmhalluc.statistics): a markdown table, a
+JSON file and an SVG plot. A config compared with the reference config is called
+different only when the intervals do not overlap.
+
+Because the experiments are DVC's own, `dvc exp show`, `dvc params diff` and
+`dvc exp apply` work on each seed as on any other experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmhalluc.statistics import Estimate, compare, mean_ci
+
+#: Every seed of the default pipeline, one per stage that draws random numbers; all take the same value.
+SEED_KEYS = ("prepare.seed", "sft.seed", "sft.tiny_model.seed", "grpo.seed", "eval.seed")
+#: What the report shows by default: the accuracy of each model and the backtracking diagnostics.
+DEFAULT_METRICS = (
+    "*.accuracy",
+    "*.probe.detection_auroc",
+    "*.probe.counting_exact",
+    "*.probe.repair_step",
+    "*.probe.correction_right",
+    "*.probe.false_positive",
+)
+REPORT_DIR = Path("reports/seeds")
+
+
+# --------------------------------------------------------------------------- queueing
+
+
+def experiment_commands(seeds: Sequence[int], overrides: Sequence[str], *, queue: bool, name: str | None = None,
+                        seed_keys: Sequence[str] = SEED_KEYS) -> list[list[str]]:
+    """One `dvc exp run` command line per seed: the config's -S overrides plus every seed key set to the seed."""
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" not in override or not key:
+            raise SystemExit(f"error: -S {override!r}: expected KEY=VALUE, as dvc exp run -S takes it")
+        if key in seed_keys:
+            raise SystemExit(f"error: -S {override}: {key} is one of the seed keys this command sets per seed "
+                             f"({', '.join(seed_keys)}); pick the seeds with --seeds")
+    commands = []
+    for seed in seeds:
+        cmd = ["dvc", "exp", "run", *(["--queue"] if queue else [])]
+        if name:
+            cmd += ["--name", f"{name}-seed{seed}"]
+        for override in overrides:
+            cmd += ["-S", override]
+        for key in seed_keys:
+            cmd += ["-S", f"{key}={seed}"]
+        commands.append(cmd)
+    return commands
+
+
+# --------------------------------------------------------------------------- reading experiments
+
+
+@dataclass
+class Run:
+    """One finished experiment: its name, params (flattened) and metrics (flattened)."""
+
+    name: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def runs_from_exp_show(entries: list[dict[str, Any]], params_file: str = "params.yaml") -> list[Run]:
+    """The finished experiments in `dvc exp show --json` output (queued, running and failed ones are skipped)."""
+    runs = []
+    for commit in entries:
+        for experiment in commit.get("experiments") or []:
+            if experiment.get("executor"):  # queued or still running: no metrics yet
+                continue
+            for rev in experiment.get("revs") or []:
+                data = rev.get("data") or {}
+                metrics = {}
+                for file, content in (data.get("metrics") or {}).items():
+                    metrics.update({f"{file}:{k}": v for k, v in flatten((content or {}).get("data")).items()
+                                    if isinstance(v, int | float) and not isinstance(v, bool)})
+                params = flatten(((data.get("params") or {}).get(params_file) or {}).get("data"))
+                if rev.get("error") or not metrics or not params:
+                    continue
+                runs.append(Run(name=rev.get("name") or experiment.get("name") or rev["rev"][:7],
+                                params=params, metrics=metrics))
+    return runs
+
+
+def exp_show(repo: str | Path = ".") -> list[dict[str, Any]]:
+    """`dvc exp show --json` of the repo (experiments of the current commit)."""
+    result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"error: dvc exp show failed:\n{result.stderr.strip()}")
+    return json.loads(result.stdout)
+
+
+# --------------------------------------------------------------------------- grouping and the report
+
+
+@dataclass
+class Config:
+    """The runs of one config (same params but the seeds) and their estimates per metric."""
+
+    label: str
+    params: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+    estimates: dict[str, Estimate] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[Any]:
+        return sorted({tuple(r.params.get(k) for k in SEED_KEYS) for r in self.runs})
+
+
+def group(runs: Iterable[Run], seed_keys: Sequence[str] = SEED_KEYS) -> list[Config]:
+    """Runs grouped by their params with the seed keys left out; each config labelled by what sets it apart."""
+    groups: dict[str, Config] = {}
+    for run in runs:
+        params = {k: v for k, v in run.params.items() if k not in seed_keys}
+        key = json.dumps(params, sort_keys=True, default=str)
+        groups.setdefault(key, Config(label="", params=params)).runs.append(run)
+    configs = list(groups.values())
+    varying = sorted({k for c in configs for k in c.params
+                      if len({json.dumps(o.params.get(k), default=str) for o in configs}) > 1})
+    for config in configs:
+        config.label = ", ".join(f"{k}={_text(config.params.get(k))}" for k in varying) or "default"
+    return sorted(configs, key=lambda c: c.label)
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value).lower() if isinstance(value, bool) \
+        else str(value)
+
+
+def select_metrics(configs: Sequence[Config], patterns: Sequence[str]) -> list[str]:
+    """Metric names (file prefix dropped where it is unique) that match any pattern, in a stable order."""
+    names = sorted({m for c in configs for r in c.runs for m in r.metrics})
+    chosen = []
+    for pattern in patterns:
+        for name in names:
+            short = name.split(":", 1)[-1]
+            if (fnmatch.fnmatchcase(short, pattern) or fnmatch.fnmatchcase(name, pattern)) and name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def estimate(configs: Sequence[Config], metrics: Sequence[str]) -> None:
+    for config in configs:
+        for metric in metrics:
+            values = [r.metrics[metric] for r in config.runs if metric in r.metrics]
+            if values:
+                config.estimates[metric] = mean_ci(values)
+
+
+def markdown(configs: Sequence[Config], metrics: Sequence[str], reference: Config | None) -> str:
+    """One row per config, one column per metric: mean ± 95 % CI half-width; marks where it differs from reference."""
+    short = [m.split(":", 1)[-1] for m in metrics]
+    lines = ["| config | seeds | " + " | ".join(short) + " |", "|---|---|" + "---|" * len(metrics)]
+    for config in configs:
+        cells = []
+        for metric in metrics:
+            est = config.estimates.get(metric)
+            if est is None:
+                cells.append("-")
+                continue
+            cell = est.text()
+            if reference is not None and config is not reference and metric in reference.estimates:
+                verdict = compare(reference.estimates[metric], est)
+                cell += {"higher": " ↑", "lower": " ↓"}.get(verdict, "")
+            cells.append(cell)
+        lines.append(f"| {config.label} | {len(config.runs)} | " + " | ".join(cells) + " |")
+    notes = ["", "Mean ± half-width of the Student-t 95 % confidence interval of the mean over the seeds "
+             "(one DVC experiment per seed; every seed key set alike: " + ", ".join(SEED_KEYS) + ")."]
+    if reference is not None:
+        notes.append(f"↑ / ↓: the interval lies wholly above / below that of `{reference.label}`; "
+                     "no mark: no difference at this number of seeds.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def svg(configs: Sequence[Config], metrics: Sequence[str]) -> str:
+    """A small-multiples dot plot (one panel per metric, one row per config) with 95 % CI whiskers."""
+    label_w, panel_w, row_h, top = 260, 220, 22, 40
+    width = label_w + panel_w * len(metrics) + 20
+    height = top + row_h * len(configs) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             'font-family="sans-serif" font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    for row, config in enumerate(configs):
+        y = top + row_h * row + row_h / 2
+        parts.append(f'<text x="{label_w - 8}" y="{y + 4}" text-anchor="end">{_escape(config.label)[:48]}</text>')
+    for col, metric in enumerate(metrics):
+        x0 = label_w + panel_w * col + 10
+        span = panel_w - 30
+        values = [v for c in configs if (e := c.estimates.get(metric))
+                  for v in (e.mean, e.low if e.low is not None else e.mean, e.high if e.high is not None else e.mean)]
+        low, high = (min(values), max(values)) if values else (0.0, 1.0)
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+
+        def scale(v: float, x0: float = x0, low: float = low, high: float = high, span: float = span) -> float:
+            return x0 + (v - low) / (high - low) * span
+
+        parts.append(f'<text x="{x0 + span / 2}" y="{top - 22}" text-anchor="middle" font-weight="bold">'
+                     f'{_escape(metric.split(":", 1)[-1])}</text>')
+        parts.append(f'<text x="{x0}" y="{top - 8}" fill="#666">{low:.3g}</text>')
+        parts.append(f'<text x="{x0 + span}" y="{top - 8}" text-anchor="end" fill="#666">{high:.3g}</text>')
+        parts.append(f'<line x1="{x0}" y1="{top}" x2="{x0}" y2="{height - 30}" stroke="#ddd"/>')
+        for row, config in enumerate(configs):
+            est = config.estimates.get(metric)
+            if est is None:
+                continue
+            y = top + row_h * row + row_h / 2
+            if est.half_width is not None:
+                parts.append(f'<line x1="{scale(est.low):.1f}" y1="{y}" x2="{scale(est.high):.1f}" y2="{y}" '
+                             'stroke="#1f77b4" stroke-width="2"/>')
+            parts.append(f'<circle cx="{scale(est.mean):.1f}" cy="{y}" r="3.5" fill="#1f77b4"/>')
+    parts.append(f'<text x="10" y="{height - 10}" fill="#666">dots: mean over seeds; bars: 95 % CI of the mean</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def report(entries: list[dict[str, Any]], patterns: Sequence[str], out_dir: Path,
+           reference_label: str | None = None) -> list[Config]:
+    """Write report.md, report.json and report.svg into out_dir; return the configs."""
+    configs = group(runs_from_exp_show(entries))
+    if not configs:
+        raise SystemExit("error: no finished experiments with metrics in `dvc exp show`; queue some with "
+                         "`python -m llmhalluc.seeds queue` and run them with `dvc queue start`")
+    metrics = select_metrics(configs, patterns)
+    if not metrics:
+        raise SystemExit(f"error: no metric matches {', '.join(patterns)}; pick names shown by `dvc metrics show`")
+    estimate(configs, metrics)
+    reference = None
+    if reference_label is not None:
+        reference = next((c for c in configs if c.label == reference_label), None)
+        if reference is None:
+            raise SystemExit(f"error: --reference {reference_label!r} is not a config; configs: "
+                             + "; ".join(c.label for c in configs))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(markdown(configs, metrics, reference), encoding="utf-8")
+    (out_dir / "report.svg").write_text(svg(configs, metrics), encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps([{
+        "config": c.label, "params": {k: c.params[k] for k in sorted(c.params)},
+        "runs": [r.name for r in c.runs], "seeds": [list(s) for s in c.seeds],
+        "metrics": {m: {"mean": e.mean, "ci95_half_width": e.half_width, "std": e.std, "n": e.n}
+                    for m, e in c.estimates.items()},
+    } for c in configs], indent=2) + "\n", encoding="utf-8")
+    return configs
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llmhalluc.seeds", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("queue", "queue one DVC experiment per seed (run them with `dvc queue start`)"),
+                            ("run", "run one DVC experiment per seed now, one after another")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--seeds", type=int, default=5, help="number of seeds, 0..N-1 (default 5)")
+        cmd.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+        cmd.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                         help="a param of the config, as dvc exp run -S takes it (repeatable)")
+        cmd.add_argument("--name", help="experiment name prefix: NAME-seedN")
+    rep = sub.add_parser("report", help="mean ± 95 %% CI per config over the finished experiments")
+    rep.add_argument("--metric", action="append", help="metric name or glob (repeatable; default: accuracy and "
+                                                        "the backtracking diagnostics of every model)")
+    rep.add_argument("--out", type=Path, default=REPORT_DIR, help=f"output folder (default {REPORT_DIR})")
+    rep.add_argument("--reference", help="config label to compare the others with (↑ / ↓ in the table)")
+    rep.add_argument("--from-json", type=Path, help="read this `dvc exp show --json` output instead of running it")
+    args = parser.parse_args(argv)
+
+    if args.command in ("queue", "run"):
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        for cmd in experiment_commands(seeds, args.set_param, queue=args.command == "queue", name=args.name):
+            print("+ " + " ".join(cmd), flush=True)
+            code = subprocess.call(cmd)
+            if code:
+                return code
+        if args.command == "queue":
+            print("queued; run them with `dvc queue start -j 2`, then `python -m llmhalluc.seeds report`")
+        return 0
+    entries = json.loads(args.from_json.read_text()) if args.from_json else exp_show()
+    configs = report(entries, args.metric or DEFAULT_METRICS, args.out, args.reference)
+    sys.stdout.write((args.out / "report.md").read_text())
+    print(f"{sum(len(c.runs) for c in configs)} runs in {len(configs)} configs -> {args.out}/report.{{md,json,svg}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
