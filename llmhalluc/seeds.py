@@ -274,7 +274,8 @@ def report(entries: list[dict[str, Any]], patterns: Sequence[str], out_dir: Path
     (out_dir / "report.json").write_text(json.dumps([{
         "config": c.label, "params": {k: c.params[k] for k in sorted(c.params)},
         "runs": [r.name for r in c.runs], "seeds": [list(s) for s in c.seeds],
-        "metrics": {m: {"mean": e.mean, "ci95_half_width": e.half_width, "std": e.std, "n": e.n}
+        "metrics": {m: {"mean": e.mean, "ci95_half_width": e.half_width, "std": e.std, "n": e.n,
+                        "one_run_95_half_width": e.predict_half_width}
                     for m, e in c.estimates.items()},
     } for c in configs], indent=2) + "\n", encoding="utf-8")
     return configs

@@ -56,6 +56,9 @@ class Estimate:
     half_width: float | None
     n: int
     std: float | None
+    #: Half-width of the 95 % prediction interval: where one more run (another seed, machine or thread
+    #: count) is expected to land, wider than the interval of the mean by sqrt(n + 1).
+    predict_half_width: float | None = None
 
     @property
     def low(self) -> float | None:
@@ -80,8 +83,9 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     if n < 2:
         return Estimate(mean=mean, half_width=None, n=n, std=None)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-    return Estimate(mean=mean, half_width=half, n=n, std=std)
+    t = t_quantile(0.5 + confidence / 2, n - 1)
+    return Estimate(mean=mean, half_width=t * std / math.sqrt(n), n=n, std=std,
+                    predict_half_width=t * std * math.sqrt(1 + 1 / n))
 
 
 def compare(a: Estimate, b: Estimate) -> str:

@@ -30,6 +30,7 @@ def test_mean_ci_of_known_values():
     assert est.mean == 3 and est.n == 5
     assert est.std == pytest.approx(math.sqrt(2.5))
     assert est.half_width == pytest.approx(2.7764 * math.sqrt(2.5) / math.sqrt(5), abs=1e-3)
+    assert est.predict_half_width == pytest.approx(2.7764 * math.sqrt(2.5) * math.sqrt(1.2), abs=1e-3)
     assert mean_ci([0.4]).half_width is None  # one seed: no interval, and the table says so
     assert "no CI" in mean_ci([0.4]).text()
 
