@@ -211,8 +211,15 @@ def _assert_earlier_outs(root: Path) -> None:
          ["eval.answer_pattern: needs a capture group"]),
         ("    sft: models/a\n", {"  include_base: false ": "  include_base: true ", "  base_from: models/sft ":
                                  "  base_from: models/a "}, ["eval.include_base", "records no base model"]),
+        ("    sft: models/a\n", {"    k: [1, 4] ": "    k: [1, 8] "},
+         ["eval.sampled.k: each k must be in 1..eval.sampled.n (4), got 8"]),
+        ("    sft: models/a\n", {"    positions: all ": "    positions: al "},
+         ["eval.probe.positions", "did you mean 'all'?"]),
+        ("    sft: models/a\n", {"    enabled: true               # detection": "    enabeld: true  # detection"},
+         ["eval.probe.enabeld: unknown key (did you mean eval.probe.enabled?)"]),
     ],
-    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "no-base-recorded"],
+    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "no-base-recorded",
+         "k-over-n", "positions-typo", "probe-key-typo"],
 )
 def test_bad_params_exit_2_naming_the_key(workspace: Path, tmp_path: Path, models, changes, fragments):
     import torch

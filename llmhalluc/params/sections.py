@@ -200,7 +200,7 @@ class ProbeParams:
     """eval.probe: inject a near-miss step into gold solutions and measure what the model does next."""
 
     enabled: bool = param(True, "run the probe: detection, counting, repair, correction, false positives")
-    problems: int = param(32, "held-out problems probed (the first N of eval.jsonl)")
+    problems: int = param(10, "held-out problems probed (the first N of eval.jsonl)")
     positions: list[int] | Literal["all"] = param(
         "all", "step indexes where the error replaces the gold step (negative: from the end), or all steps"
     )
@@ -219,7 +219,7 @@ class SampledParams:
 
     enabled: bool = param(True, "report sampled accuracy, pass@k, maj@k and backtracks on right vs wrong samples")
     n: int = param(4, "samples per problem (also the samples eval.own_errors checks)")
-    problems: int = param(32, "problems sampled (the first N of eval.jsonl)")
+    problems: int = param(12, "problems sampled (the first N of eval.jsonl)")
     k: list[int] = param([1, 4], "k of pass@k and maj@k, each at most n")
 
 
