@@ -218,7 +218,7 @@ def score(ids: Sequence[int], *, gold: str, answerable: bool, tokenizer: Any, ba
     }
 
 
-def _share(part: int, whole: int) -> float | None:
+def share(part: int, whole: int) -> float | None:
     """part / whole rounded for a stable metrics file; None (JSON null) when whole is 0: undefined, not zero."""
     return round(part / whole, 6) if whole else None
 
@@ -237,21 +237,21 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     backtracking = [r for r in rows if r["backtracks"] > 0]
     metrics: dict[str, Any] = {
         "examples": n,
-        "accuracy": _share(sum(r["correct"] for r in rows), n),
-        "accuracy_unresolved": _share(sum(r["correct_unresolved"] for r in rows), n),
-        "hallucination_rate": _share(sum(r["hallucinated"] for r in rows), n),
-        "abstention_rate": _share(len(abstained), n),
-        "no_answer_rate": _share(sum(r["outcome"] == "no_answer" for r in rows), n),
-        "backtrack_rate": _share(len(backtracking), n),
-        "mean_backtracks": _share(sum(r["backtracks"] for r in rows), n),
-        "correction_rate": _share(sum(r["corrected"] for r in backtracking), len(backtracking)),
-        "breakage_rate": _share(sum(r["broken"] for r in backtracking), len(backtracking)),
-        "mean_length": _share(sum(r["length"] for r in rows), n),
-        "mean_resolved_length": _share(sum(r["resolved_length"] for r in rows), n),
+        "accuracy": share(sum(r["correct"] for r in rows), n),
+        "accuracy_unresolved": share(sum(r["correct_unresolved"] for r in rows), n),
+        "hallucination_rate": share(sum(r["hallucinated"] for r in rows), n),
+        "abstention_rate": share(len(abstained), n),
+        "no_answer_rate": share(sum(r["outcome"] == "no_answer" for r in rows), n),
+        "backtrack_rate": share(len(backtracking), n),
+        "mean_backtracks": share(sum(r["backtracks"] for r in rows), n),
+        "correction_rate": share(sum(r["corrected"] for r in backtracking), len(backtracking)),
+        "breakage_rate": share(sum(r["broken"] for r in backtracking), len(backtracking)),
+        "mean_length": share(sum(r["length"] for r in rows), n),
+        "mean_resolved_length": share(sum(r["resolved_length"] for r in rows), n),
     }
     if unanswerable:
-        metrics["abstention_precision"] = _share(sum(not r["answerable"] for r in abstained), len(abstained))
-        metrics["abstention_recall"] = _share(sum(r["abstained"] for r in unanswerable), len(unanswerable))
+        metrics["abstention_precision"] = share(sum(not r["answerable"] for r in abstained), len(abstained))
+        metrics["abstention_recall"] = share(sum(r["abstained"] for r in unanswerable), len(unanswerable))
     return metrics
 
 

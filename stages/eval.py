@@ -1,11 +1,14 @@
 """eval: params.yaml[eval] + the compared models + data/prepared/eval.jsonl
--> eval/predictions/<model>.jsonl, eval/predictions.csv, metrics/eval.json, plots/eval/.
+-> eval/predictions/<model>.jsonl, eval/predictions.csv, eval/{probe,samples}/<model>.jsonl,
+   metrics/eval.json, plots/eval/.
 
 Every model in eval.models (by default the SFT model and the merged GRPO model)
 answers the same held-out questions with the same decoding, and the metrics are
 written one block per model, so `dvc metrics show` puts sft.accuracy beside
-grpo.accuracy. Only prepare's held-out eval split is read: eval never runs on
-training data. Metric definitions: llmhalluc/evaluation.py.
+grpo.accuracy. Each block nests the diagnostics eval.probe / own_errors / sampled
+switch on (sft.probe.detection_auroc, ...); "transitions" compares consecutive
+models. Only prepare's held-out eval split is read: eval never runs on training
+data. Metric definitions: llmhalluc/evaluation.py and llmhalluc/diagnostics.py.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage, staged_output, write_atomically
 
 if TYPE_CHECKING:
+    from llmhalluc.diagnostics import Diagnosis
     from llmhalluc.evaluation import Sampling
     from llmhalluc.params.sections import EvalParams
 
@@ -36,10 +40,19 @@ CSV_COLUMNS = ["model", "id", "answerable", "gold", "answer", "outcome", "correc
                "corrected", "answer_unresolved", "length", "resolved", "raw"]
 PLOTTED = ["accuracy", "accuracy_unresolved", "hallucination_rate", "abstention_rate", "backtrack_rate",
            "mean_backtracks"]
+#: diagnostics.csv column -> (block, metric) in a model's metrics; one row per model, for `dvc plots`.
+DIAGNOSTICS_PLOTTED = {
+    "detection_auroc": ("probe", "detection_auroc"), "detection_p_wrong": ("probe", "detection_p_wrong"),
+    "detection_p_right": ("probe", "detection_p_right"), "counting_exact": ("probe", "counting_exact"),
+    "repair_step": ("probe", "repair_step"), "repair_answer": ("probe", "repair_answer"),
+    "correction_backtracked": ("probe", "correction_backtracked"), "correction_right": ("probe", "correction_right"),
+    "false_positive": ("probe", "false_positive"), "own_auroc": ("own_errors", "auroc"),
+    "own_retracted_wrong": ("own_errors", "retracted_wrong"), "sampled_accuracy": ("sampled", "accuracy"),
+}
 
 
 def main(section: Section) -> None:
-    from llmhalluc import evaluation
+    from llmhalluc import diagnostics, evaluation
 
     p = section.project
     data_dir = Path(p.data_dir)
@@ -54,44 +67,72 @@ def main(section: Section) -> None:
     sampling = evaluation.Sampling(max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
                                    temperature=p.temperature, top_p=p.top_p, seed=p.seed)
 
-    predictions, metrics, histograms = {}, {}, {}
+    predictions, metrics, histograms, diagnoses = {}, {}, {}, {}
     for name, path in compared.items():
-        model, tokenizer = _load(p, path)
-        backtrack_id = _backtrack_id(tokenizer, path)  # before generating: a broken folder fails fast
-        completions = _generate(p, path, model, tokenizer, [r.prompt for r in records], sampling)
-        del model
-        gc.collect()  # one model in memory at a time
-        rows = [{"id": r.id, **evaluation.score(ids, gold=r.answer, answerable=r.answerable, tokenizer=tokenizer,
-                                                backtrack_id=backtrack_id, pattern=p.answer_pattern, abstain=abstain)}
-                for r, ids in zip(records, completions, strict=True)]
-        predictions[name], metrics[name] = rows, evaluation.summarize(rows)
-        histograms[name] = evaluation.backtrack_histogram(rows)
-        print(f"eval: {name} ({path}): " + ", ".join(f"{k} {v}" for k, v in metrics[name].items()))
+        predictions[name], diagnoses[name] = _evaluate(p, name, path, records, sampling, abstain)
+        metrics[name] = {**evaluation.summarize(predictions[name]), **diagnoses[name].metrics}
+        histograms[name] = evaluation.backtrack_histogram(predictions[name])
+        for block, values in [("", metrics[name]), *diagnoses[name].metrics.items()]:
+            print(f"eval: {name} {block}: " + ", ".join(f"{k} {v}" for k, v in values.items()
+                                                         if not isinstance(v, dict)))
+    if p.transitions and len(compared) > 1:
+        metrics["transitions"] = diagnostics.transitions_between(predictions)
 
     with staged_output(p.out_dir) as staging:
         (staging / "predictions").mkdir()
         for name, rows in predictions.items():
-            with (staging / "predictions" / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            _write_jsonl(staging / "predictions" / f"{name}.jsonl", rows)
         with (staging / "predictions.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows({"model": name, **row} for name, rows in predictions.items() for row in rows)
+        for name, diagnosis in diagnoses.items():  # per-example diagnostics, to see what a rate is made of
+            if diagnosis.probe_rows:
+                _write_jsonl(staging / "probe" / f"{name}.jsonl", diagnosis.probe_rows)
+            if diagnosis.sample_rows:
+                _write_jsonl(staging / "samples" / f"{name}.jsonl", diagnosis.sample_rows)
         write_resolved({**resolved(section), "compared": compared, "abstain_answer": abstain}, staging)
     with staged_output(p.plots_dir) as staging:
         _write_csv(staging / "models.csv", ["model", *PLOTTED],
-                   [[name, *(m[k] for k in PLOTTED)] for name, m in metrics.items()])
+                   [[name, *(metrics[name][k] for k in PLOTTED)] for name in compared])
+        _write_csv(staging / "diagnostics.csv", ["model", *DIAGNOSTICS_PLOTTED],
+                   [[name, *(metrics[name].get(block, {}).get(key) for block, key in DIAGNOSTICS_PLOTTED.values())]
+                    for name in compared])
         (staging / "backtracks").mkdir()
         for name, histogram in histograms.items():
             _write_csv(staging / "backtracks" / f"{name}.csv", ["backtracks", "completions"], histogram)
     write_atomically(p.metrics_file, json.dumps(metrics, indent=2) + "\n")
 
 
-def _load(p: EvalParams, path: str) -> tuple[Any, Any]:
-    """(model, tokenizer); vLLM loads its own copy of the weights, so there the model is None."""
+def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Sampling,
+              abstain: str) -> tuple[list[dict], Diagnosis]:
+    """One model: its scored greedy answers, then its diagnostics (while it is loaded: one model in memory)."""
+    from llmhalluc import diagnostics, evaluation
+
+    model, tokenizer = _load(p, path)
+    backtrack_id = _backtrack_id(tokenizer, path)  # before generating: a broken folder fails fast
+    completions = _generate(p, path, model, tokenizer, [r.prompt for r in records], sampling)
+
+    def score(ids: Sequence[int], record: Any) -> dict:
+        return evaluation.score(ids, gold=record.answer, answerable=record.answerable, tokenizer=tokenizer,
+                                backtrack_id=backtrack_id, pattern=p.answer_pattern, abstain=abstain)
+
+    rows = [{"id": r.id, **score(ids, r)} for r, ids in zip(records, completions, strict=True)]
+    diagnosis = diagnostics.Diagnosis({}, [], [])
+    if diagnostics.enabled(p):
+        model = model or _load(p, path, transformers=True)[0]
+        diagnosis = diagnostics.diagnose(model, tokenizer, records, backtrack_id=backtrack_id, p=p, score=score)
+    del model
+    gc.collect()
+    return rows, diagnosis
+
+
+def _load(p: EvalParams, path: str, transformers: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer); vLLM loads its own copy of the weights, so there the model is None (the
+    diagnostics' teacher-forced passes ask for the transformers model anyway)."""
     from llmhalluc import models
 
-    if p.backend == "vllm":
+    if p.backend == "vllm" and not transformers:
         from transformers import AutoTokenizer
 
         return None, AutoTokenizer.from_pretrained(path)
@@ -141,6 +182,12 @@ def _check_held_out(data_dir: Path, records: list) -> None:
             pairs = ", ".join(f"{e} = {t}" for e, t in shared[:5])
             raise DataError(f"{data_dir / 'eval.jsonl'}: {len(shared)} eval question(s) also in {path} ({pairs}); "
                             "eval must be held out: re-run `dvc repro prepare`")
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    path.parent.mkdir(exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def _write_csv(path: Path, header: list[str], rows: Iterable[Sequence[Any]]) -> None:

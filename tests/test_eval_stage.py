@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -19,9 +20,11 @@ MODELS_BLOCK = (
     "    sft: models/sft             # the SFT stage's out (a full model or a LoRA adapter folder)\n"
     "    grpo: models/merged         # the GRPO model, merged (merge's out)\n"
 )
-QUESTIONS = [("Start with 3. Add 4. What is the result?", "7"), ("Start with 1. Add 1. What is the result?", "2"),
-             ("Start with 9. Subtract 2. What is the result?", "7"), ("Start with 5. Add 3. What is the result?", "8"),
-             ("Start with 2. Add 9. Subtract 1. What is the result?", "10")]
+QUESTIONS = [("Start with 3. Add 4. What is the result?", ["3 + 4 = 7."], "7"),
+             ("Start with 1. Add 1. What is the result?", ["1 + 1 = 2."], "2"),
+             ("Start with 9. Subtract 2. What is the result?", ["9 - 2 = 7."], "7"),
+             ("Start with 5. Add 3. What is the result?", ["5 + 3 = 8."], "8"),
+             ("Start with 2. Add 9. Subtract 1. What is the result?", ["2 + 9 = 11.", "11 - 1 = 10."], "10")]
 ABSTAIN = "cannot be answered"
 
 
@@ -35,8 +38,8 @@ def eval_params(params_text: str, models: str = "    sft: models/a\n    grpo: mo
 
 
 def write_records(folder: Path) -> list[Record]:
-    records = [Record(id=f"q{i}", question=q, steps=[], answer=a, prompt=chat_prompt(q, "Solve the problem."))
-               for i, (q, a) in enumerate(QUESTIONS)]
+    records = [Record(id=f"q{i}", question=q, steps=steps, answer=a, prompt=chat_prompt(q, "Solve the problem."))
+               for i, (q, steps, a) in enumerate(QUESTIONS)]
     question = "Start with the number of moons of Zorblax. Add 2. What is the result?"
     records.append(Record(id="u0", question=question, steps=[], answer=ABSTAIN, answerable=False,
                           prompt=chat_prompt(question, "Solve the problem.")))
@@ -81,8 +84,8 @@ def first_run(workspace: Path) -> Path:
 
 def test_metrics_put_every_model_side_by_side(first_run: Path):
     metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
-    assert list(metrics) == ["sft", "grpo"]
-    for block in metrics.values():
+    assert list(metrics) == ["sft", "grpo", "transitions"]
+    for block in (metrics["sft"], metrics["grpo"]):
         assert block["examples"] == 6
         for key in ("accuracy", "accuracy_unresolved", "hallucination_rate", "abstention_rate", "backtrack_rate",
                     "mean_backtracks", "correction_rate", "mean_length", "abstention_precision",
@@ -126,6 +129,53 @@ def test_plot_files_behind_dvc_plots(first_run: Path):
         assert sum(int(r["completions"]) for r in histogram) == 6
 
 
+def test_diagnostics_are_on_by_default_per_model_and_between_models(first_run: Path):
+    metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
+    for name in ("sft", "grpo"):
+        probe, own, sampled = metrics[name]["probe"], metrics[name]["own_errors"], metrics[name]["sampled"]
+        assert probe["items"] == 6  # every step of the five problems with steps; the unanswerable one has none
+        for key in ("detection_p_wrong", "detection_p_right", "detection_auroc", "counting_exact", "repair_step",
+                    "repair_answer", "correction_backtracked", "correction_right", "false_positive"):
+            assert 0.0 <= probe[key] <= 1.0, key
+        assert own["samples"] == 24 and own["steps_checked"] >= own["steps_wrong"] >= 0
+        assert sampled["samples"] == 24 and sampled["problems"] == 6  # 4 samples of each of the 6 problems
+        assert {"accuracy", "pass@1", "pass@4", "maj@1", "maj@4", "corrected", "broken"} <= set(sampled)
+        assert sampled["pass@1"] == sampled["accuracy"]  # pass@1 is the mean accuracy, problem by problem
+        probe_rows = [json.loads(line) for line in (first_run / "eval" / "probe" / f"{name}.jsonl").open()]
+        assert len(probe_rows) == 6 and {"p_backtrack_wrong", "wrong_step", "repair"} <= set(probe_rows[0])
+        samples = [json.loads(line) for line in (first_run / "eval" / "samples" / f"{name}.jsonl").open()]
+        assert len(samples) == 24 and all("steps" in s for s in samples)
+    flips = metrics["transitions"]["sft->grpo"]
+    sft = {r["id"]: r["correct"] for r in map(json.loads, (first_run / "eval" / "predictions" / "sft.jsonl").open())}
+    grpo = {r["id"]: r["correct"] for r in map(json.loads, (first_run / "eval" / "predictions" / "grpo.jsonl").open())}
+    assert flips["wrong_to_right"] == sum(not sft[i] and grpo[i] for i in sft)
+    assert flips["right_to_wrong"] == sum(sft[i] and not grpo[i] for i in sft)
+    with (first_run / "plots" / "eval" / "diagnostics.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["model"] for r in table] == ["sft", "grpo"]
+    assert float(table[0]["detection_auroc"]) == metrics["sft"]["probe"]["detection_auroc"]
+
+
+def test_diagnostics_switch_off(workspace: Path, tmp_path: Path):
+    (tmp_path / "models").symlink_to(workspace / "models")
+    (tmp_path / "data").symlink_to(workspace / "data")
+    text = eval_params((ROOT / "params.yaml").read_text())
+    yaml = YAML()
+    data = yaml.load(text)
+    for key in ("probe", "own_errors", "sampled"):
+        data["eval"][key]["enabled"] = False
+    data["eval"]["transitions"] = False
+    out = io.StringIO()
+    yaml.dump(data, out)
+    (tmp_path / "params.yaml").write_text(out.getvalue())
+    result = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    assert list(metrics) == ["sft", "grpo"]
+    assert not {"probe", "own_errors", "sampled"} & set(metrics["sft"])
+    assert not (tmp_path / "eval" / "probe").exists()
+
+
 def test_same_params_same_results(first_run: Path):
     before = (first_run / "metrics" / "eval.json").read_text(), (first_run / "eval" / "predictions.csv").read_text()
     result = run_stage_script("eval", first_run, "--params", "params.yaml")
@@ -161,8 +211,15 @@ def _assert_earlier_outs(root: Path) -> None:
          ["eval.answer_pattern: needs a capture group"]),
         ("    sft: models/a\n", {"  include_base: false ": "  include_base: true ", "  base_from: models/sft ":
                                  "  base_from: models/a "}, ["eval.include_base", "records no base model"]),
+        ("    sft: models/a\n", {"    k: [1, 4] ": "    k: [1, 8] "},
+         ["eval.sampled.k: each k must be in 1..eval.sampled.n (4), got 8"]),
+        ("    sft: models/a\n", {"    positions: all ": "    positions: al "},
+         ["eval.probe.positions", "did you mean 'all'?"]),
+        ("    sft: models/a\n", {"    enabled: true               # detection": "    enabeld: true  # detection"},
+         ["eval.probe.enabeld: unknown key (did you mean eval.probe.enabled?)"]),
     ],
-    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "no-base-recorded"],
+    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "no-base-recorded",
+         "k-over-n", "positions-typo", "probe-key-typo"],
 )
 def test_bad_params_exit_2_naming_the_key(workspace: Path, tmp_path: Path, models, changes, fragments):
     import torch
@@ -235,7 +292,8 @@ def test_dvc_eval_stage_tracks_every_model_it_reads_and_declares_its_plots():
         (plot_id, spec), = plot.items()
         ys = spec.get("y")
         plotted |= set(ys) if isinstance(ys, dict) else {plot_id}
-    assert {f"{p.plots_dir}/models.csv", f"{p.plots_dir}/backtracks"} <= plotted
+    assert {f"{p.plots_dir}/models.csv", f"{p.plots_dir}/backtracks", f"{p.plots_dir}/diagnostics.csv"} <= plotted
+    assert "llmhalluc/diagnostics.py" in stage["deps"]
 
 
 def test_params_file_spells_out_the_default_answer_pattern():

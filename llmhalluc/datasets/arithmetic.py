@@ -10,11 +10,17 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterator
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from llmhalluc.params.sections import ArithmeticParams
 
+#: The generator's own step form, exactly: "7 - 2 = 5."
 _STEP = re.compile(r"^(-?\d+) ([+-]) (\d+) = (-?\d+)\.$")
+#: One calculation `a op b = c` anywhere in a step: the generator's steps, and GSM8K's once prepare has
+#: stripped the `<<48/2=24>>` notes ("She sold 48/2 = 24 clips."); $ signs and thousands commas allowed.
+_NUMBER = r"-?\$?\d(?:\d|,\d{3})*(?:\.\d+)?"
+_EQUATION = re.compile(rf"(?<![\d.,])({_NUMBER}) ?([-+*/×x]) ?({_NUMBER}) ?= ?({_NUMBER})(?!\d|\.\d|,\d)")
 
 
 def generate(params: ArithmeticParams, rng: random.Random) -> Iterator[dict[str, Any]]:
@@ -43,8 +49,8 @@ def check_chain(steps: list[str], answer: str) -> str | None:
         match = _STEP.match(step)
         if not match:
             return f"step {number} {step!r} is not of the form 'a + b = c.'"
-        left, op, right, result = int(match[1]), match[2], int(match[3]), int(match[4])
-        if (left + right if op == "+" else left - right) != result:
+        left, result = int(match[1]), int(match[4])
+        if not _holds(match[1], match[2], match[3], match[4]):
             return f"step {number} {step!r} is wrong arithmetic"
         if previous is not None and left != previous:
             return f"step {number} {step!r} does not start from the previous result {previous}"
@@ -52,3 +58,45 @@ def check_chain(steps: list[str], answer: str) -> str | None:
     if previous is None or str(previous) != answer:
         return f"the chain ends at {previous}, not at the answer {answer}"
     return None
+
+
+def check_step(step: str) -> bool | None:
+    """Whether a solution step's arithmetic is right: True when every `a op b = c` in it holds, False when
+    one does not, None when it has none to recompute (a sentence, the answer sentence, a longer expression).
+
+    Only the arithmetic inside the step is checked, not whether it follows from the step before: eval's
+    own-error diagnostic asks whether a model notices a calculation it got wrong.
+    """
+    verdicts = []
+    for match in _EQUATION.finditer(step):
+        before = step[: match.start()].rstrip()
+        if before.endswith(("+", "-", "*", "/", "×", "x", "(", "=")):  # part of a longer expression: not `a op b`
+            continue
+        verdicts.append(_holds(match[1], match[2], match[3], match[4]))
+    return all(verdicts) if verdicts else None
+
+
+def _number(text: str) -> Decimal:
+    return Decimal(text.replace("$", "").replace(",", ""))
+
+
+def _holds(left: str, op: str, right: str, result: str) -> bool:
+    """a op b == c, with a rounded quotient accepted at c's own precision (GSM8K writes 10/3 = 3.33)."""
+    try:
+        a, b, c = _number(left), _number(right), _number(result)
+    except InvalidOperation:
+        return False
+    if op == "+":
+        value = a + b
+    elif op == "-":
+        value = a - b
+    elif op in "*×x":
+        value = a * b
+    elif b == 0:
+        return False
+    else:
+        value = a / b
+    if value == c:
+        return True
+    places = -c.as_tuple().exponent if isinstance(c.as_tuple().exponent, int) else 0
+    return op == "/" and places > 0 and value.quantize(Decimal(1).scaleb(-places)) == c

@@ -315,6 +315,17 @@ def _eval_answers(section: Section, problems: Problems) -> None:
                         "group 1 is taken as the final answer")
 
 
+def _eval_diagnostics(section: Section, problems: Problems) -> None:
+    p = section.project
+    for index, k in enumerate(p.sampled.k):
+        if not 1 <= k <= p.sampled.n:
+            problems.append(f"{section.where('sampled', 'k', index)}: eval.sampled.k: each k must be in "
+                            f"1..eval.sampled.n ({p.sampled.n}), got {k}")
+    if p.probe.positions != "all" and not p.probe.positions:
+        problems.append(f"{section.where('probe', 'positions')}: eval.probe.positions: name at least one step "
+                        "index (0 is the first step, -1 the last), or write all")
+
+
 def _eval_backend(section: Section, problems: Problems) -> None:
     """vLLM only where it can run; torch and the package are looked up only when it is asked for."""
     if section.project.backend != "vllm":
@@ -342,7 +353,8 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
     "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
     "merge": [],
-    "eval": [_eval_sampling, _eval_models, _eval_answers, _eval_backend, _positive("batch_size", "max_new_tokens")],
+    "eval": [_eval_sampling, _eval_models, _eval_answers, _eval_backend, _eval_diagnostics,
+             _positive("batch_size", "max_new_tokens", "probe.problems", "sampled.n", "sampled.problems")],
 }
 
 #: Keys naming an input that must exist before the stage runs: (section, key).

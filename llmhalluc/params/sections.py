@@ -196,6 +196,34 @@ class MergeParams:
 
 
 @dataclass
+class ProbeParams:
+    """eval.probe: inject a near-miss step into gold solutions and measure what the model does next."""
+
+    enabled: bool = param(True, "run the probe: detection, counting, repair, correction, false positives")
+    problems: int = param(10, "held-out problems probed (the first N of eval.jsonl)")
+    positions: list[int] | Literal["all"] = param(
+        "all", "step indexes where the error replaces the gold step (negative: from the end), or all steps"
+    )
+
+
+@dataclass
+class OwnErrorsParams:
+    """eval.own_errors: check the steps of the model's own sampled solutions (the samples of eval.sampled)."""
+
+    enabled: bool = param(True, "check each recomputable `a op b = c` step of the samples; P(backtrack) after it")
+
+
+@dataclass
+class SampledParams:
+    """eval.sampled: n samples per problem at eval.temperature / eval.top_p, drawn once per model."""
+
+    enabled: bool = param(True, "report sampled accuracy, pass@k, maj@k and backtracks on right vs wrong samples")
+    n: int = param(4, "samples per problem (also the samples eval.own_errors checks)")
+    problems: int = param(12, "problems sampled (the first N of eval.jsonl)")
+    k: list[int] = param([1, 4], "k of pass@k and maj@k, each at most n")
+
+
+@dataclass
 class EvalParams:
     """params.yaml[eval]: the models compared side by side on prepare's held-out eval set."""
 
@@ -213,11 +241,15 @@ class EvalParams:
     batch_size: int = param(64, "prompts generated together (left padding)")
     max_new_tokens: int = param(64, "longest completion (tokens)")
     do_sample: bool = param(False, "sample instead of greedy decoding")
-    temperature: float = param(1.0, "sampling temperature (with do_sample)")
-    top_p: float = param(1.0, "nucleus sampling mass (with do_sample)")
+    temperature: float = param(1.0, "sampling temperature (with do_sample, and of eval.sampled)")
+    top_p: float = param(1.0, "nucleus sampling mass (with do_sample, and of eval.sampled)")
     seed: int = param(0, "seed for sampling (re-applied before each model)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
     answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer")
+    probe: ProbeParams = param(ProbeParams(), "the injected-error probe (teacher-forced, on gold solutions)")
+    own_errors: OwnErrorsParams = param(OwnErrorsParams(), "P(backtrack) after the model's own wrong vs right steps")
+    sampled: SampledParams = param(SampledParams(), "sampled eval: accuracy, pass@k, maj@k")
+    transitions: bool = param(True, "count wrong->right and right->wrong between consecutive models of eval.models")
 
 
 #: params.yaml section -> the class of its project keys.
