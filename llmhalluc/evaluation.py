@@ -223,8 +223,12 @@ def share(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: Sequence[dict[str, Any]], max_new_tokens: int | None = None) -> dict[str, Any]:
     """The metrics of one model's predictions; rates are shares of all examples unless named otherwise.
+
+    With max_new_tokens, truncated_rate is the share of completions that reached it without
+    ending: their answer (or a late backtrack) may have been cut off, so a wrong answer
+    there may be the limit's, not the model's.
 
     abstention_precision (abstentions on unanswerable questions / all abstentions)
     and abstention_recall (abstentions on unanswerable / unanswerable questions) exist
@@ -249,6 +253,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "mean_length": share(sum(r["length"] for r in rows), n),
         "mean_resolved_length": share(sum(r["resolved_length"] for r in rows), n),
     }
+    if max_new_tokens is not None:
+        metrics["truncated_rate"] = share(sum(r["length"] >= max_new_tokens for r in rows), n)
     if unanswerable:
         metrics["abstention_precision"] = share(sum(not r["answerable"] for r in abstained), len(abstained))
         metrics["abstention_recall"] = share(sum(r["abstained"] for r in unanswerable), len(unanswerable))

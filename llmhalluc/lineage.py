@@ -179,7 +179,8 @@ def chain(lineage: dict[str, Any]) -> list[dict[str, Any]]:
 def warn_if_cut(upstream: dict[str, Any] | None, limit: int, key: str, log: Callable[[str], None]) -> bool:
     """Warn (naming key) when a generation limit is shorter than the longest completion SFT trained on:
     a late backtrack or the answer of such a completion would be cut off, and read as the model's failure."""
-    longest = ((upstream or {}).get("lengths") or {}).get("max_completion_tokens")
+    found = [node["lengths"] for node in chain(upstream or {}) if node.get("lengths")]  # SFT's, up the chain
+    longest = found[-1].get("max_completion_tokens") if found else None
     if longest is None or limit >= longest:
         return False
     log(f"warning: {key} {limit} is shorter than the longest SFT completion ({longest} tokens, backtracks and "

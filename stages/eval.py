@@ -27,6 +27,7 @@ from llmhalluc.answers import DEFAULT_ABSTAIN
 from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
 from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
+from llmhalluc.lineage import read_lineage, warn_if_cut
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage, staged_output, write_atomically
 
@@ -70,7 +71,7 @@ def main(section: Section) -> None:
     predictions, metrics, histograms, diagnoses = {}, {}, {}, {}
     for name, path in compared.items():
         predictions[name], diagnoses[name] = _evaluate(p, name, path, records, sampling, abstain)
-        metrics[name] = {**evaluation.summarize(predictions[name]), **diagnoses[name].metrics}
+        metrics[name] = {**evaluation.summarize(predictions[name], p.max_new_tokens), **diagnoses[name].metrics}
         histograms[name] = evaluation.backtrack_histogram(predictions[name])
         for block, values in [("", metrics[name]), *diagnoses[name].metrics.items()]:
             print(f"eval: {name} {block}: " + ", ".join(f"{k} {v}" for k, v in values.items()
@@ -111,6 +112,8 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
 
     model, tokenizer = _load(p, path)
     backtrack_id = _backtrack_id(tokenizer, path)  # before generating: a broken folder fails fast
+    recorded = read_lineage(path) if Path(path).is_dir() else None
+    warn_if_cut(recorded, p.max_new_tokens, "eval.max_new_tokens", log=lambda m: print(f"eval: {name}: {m}"))
     completions = _generate(p, path, model, tokenizer, [r.prompt for r in records], sampling)
 
     def score(ids: Sequence[int], record: Any) -> dict:
@@ -157,7 +160,6 @@ def _generate(p: EvalParams, path: str, model: Any, tokenizer: Any, prompts: lis
 def _backtrack_id(tokenizer: Any, path: str) -> int:
     """The id of the model's backtrack token; -1 (matches nothing) for a model that never learned one."""
     from llmhalluc import evaluation
-    from llmhalluc.lineage import read_lineage
 
     token = evaluation.backtrack_token(path)
     if token in tokenizer.get_vocab():

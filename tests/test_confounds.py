@@ -60,3 +60,6 @@ def test_generation_limit_shorter_than_sft_completions_warns_naming_the_key():
     assert not lineage.warn_if_cut(upstream, 60, "eval.max_new_tokens", said.append)
     assert not lineage.warn_if_cut(None, 8, "eval.max_new_tokens", said.append)  # a hub model: nothing to compare
     assert len(said) == 1
+    merged = {"stage": "merge", "parent": {"lineage": {"stage": "train_grpo", "parent": {"lineage": upstream}}}}
+    assert lineage.warn_if_cut(merged, 50, "eval.max_new_tokens", said.append)  # SFT's lengths, up the chain
+    assert "eval.max_new_tokens 50" in said[1]
