@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -31,10 +30,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from llmhalluc import evaluation  # noqa: E402
-from llmhalluc.datasets import arithmetic  # noqa: E402
-from llmhalluc.datasets.records import chat_prompt, read_jsonl  # noqa: E402
+from llmhalluc.datasets.records import Record, chat_prompt, read_jsonl  # noqa: E402
+from llmhalluc.datasets.registry import load_registry  # noqa: E402
+from llmhalluc.datasets.splits import Drops, load_entry  # noqa: E402
 from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer  # noqa: E402
-from llmhalluc.params.sections import ArithmeticParams, EvalParams, PrepareParams  # noqa: E402
+from llmhalluc.params.sections import EvalParams, PrepareParams  # noqa: E402
+
+
+def generated(count: int, seed: int) -> list[Record]:
+    """Problems of the built-in task, made the way `prepare` makes them (registry entry, generator, converter).
+
+    Going through prepare's own functions rather than calling the generator keeps this script in step
+    with what the pipeline feeds a model (a bare generator call broke silently when its API changed).
+    """
+    p = PrepareParams(seed=seed)
+    registry, registry_file = load_registry(ROOT / p.registry)
+    return load_entry("arithmetic", registry["arithmetic"], p, count, registry_file, Drops())[:count]
 
 
 def prompts_for(count: int) -> tuple[list[list[dict]], str]:
@@ -44,17 +55,15 @@ def prompts_for(count: int) -> tuple[list[list[dict]], str]:
         records = read_jsonl(prepared)
         if len(records) >= count:
             return [r.prompt for r in records[:count]], str(prepared.relative_to(ROOT))
-    records = arithmetic.generate(count, ArithmeticParams(), random.Random(0), prefix="bench")
     system = PrepareParams().system_prompt
-    return [chat_prompt(r.question, system) for r in records], "generated (built-in arithmetic task)"
+    return [chat_prompt(r.question, system) for r in generated(count, seed=1)], "generated (built-in arithmetic task)"
 
 
 def default_model(scratch: Path) -> tuple[str, str]:
     merged = ROOT / "models" / "merged"
     if (merged / "config.json").is_file():
         return str(merged), "models/merged"
-    records = arithmetic.generate(500, ArithmeticParams(), random.Random(1), prefix="corpus")
-    folder = build_tiny_model(scratch / "tiny", [f"{r.question} {r.solution()}" for r in records])
+    folder = build_tiny_model(scratch / "tiny", [f"{r.question} {r.solution()}" for r in generated(500, seed=2)])
     model, tokenizer = load_model_and_tokenizer(str(folder), dtype="float32")
     add_backtrack_token(model, tokenizer)
     model.save_pretrained(folder, safe_serialization=True)
