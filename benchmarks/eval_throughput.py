@@ -79,7 +79,8 @@ def measure(fn) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (tests/test_readme_commands.py parses the README's invocation with it)."""
     defaults = EvalParams()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder (default: models/merged, else the built-in tiny model)")
@@ -91,7 +92,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads for both paths (default: torch's own); "
                         "1 keeps a shared, loaded machine from oversubscribing")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_throughput.json"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
