@@ -8,27 +8,14 @@ change that breaks one fails CI instead of the next person who measures.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.conftest import ROOT
-
-
-def load_script(relative: str) -> ModuleType:
-    """A script under benchmarks/ as a module (benchmarks/ is not a package), without running its main."""
-    path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
+from tests.conftest import ROOT, load_script
 
 bench = load_script("benchmarks/run.py")
 
