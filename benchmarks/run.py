@@ -274,8 +274,7 @@ def eval_throughput(work: Path, scale: Scale) -> list[Row]:
     if not model.is_dir():
         run([*DVC, "repro", "merge"], work)
     out = work / "eval_throughput.json"
-    # The workspace's copy of the script: it takes its prompts from the workspace's data/prepared.
-    run([PY, "benchmarks/eval_throughput.py", "--model", str(model),
+    run([PY, "benchmarks/eval_throughput.py", "--model", str(model), "--prompts", "data/prepared/eval.jsonl",
          "--repeats", str(max(scale.repeat, scale.eval_min_repeats)), "--out", str(out), *scale.eval_args], work)
     paths = json.loads(out.read_text())["paths"]
     single = paths["one at a time"]

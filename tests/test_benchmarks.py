@@ -36,6 +36,20 @@ def test_every_benchmark_runs_to_the_end_at_smoke_size(tmp_path: Path):
     assert report["smoke"] is True and "`--smoke`" in bench.markdown(report)
 
 
+def test_eval_throughput_alone_takes_the_builtin_model_and_generated_prompts(tmp_path: Path):
+    """`python benchmarks/eval_throughput.py` in a fresh clone has no models/merged or data/prepared and falls back
+    to an untrained built-in model and prompts made like prepare's; run.py's smoke never takes those paths."""
+    out = tmp_path / "eval_throughput.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/eval_throughput.py", "--model", "builtin:tiny-qwen2", "--prompts", "generated",
+         "--examples", "4", "--single-examples", "2", "--batch-size", "2", "--max-new-tokens", "4", "--repeats", "1",
+         "--threads", "1", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["model"].startswith("built-in") and report["prompts"].startswith("generated")
+    assert set(report["paths"]) == {"one at a time", "batched, batch 2", "batched, batch 4"}
+
+
 def test_smoke_figures_never_replace_the_published_results():
     with pytest.raises(SystemExit):
         bench.parse_args(["--smoke", "--out", str(bench.RESULTS)])

@@ -9,8 +9,8 @@ command gets the strongest check that fits in a test:
   of a sweep) are applied to a copy of params.yaml and validated like the stage would
   (unknown key, type, cross-field rules); `dvc repro <stage>` names a stage of dvc.yaml.
 - `python stages/<stage>.py`: run with `--dry-run` (validates params, loads nothing).
-- `python benchmarks/<script>.py`: parsed by the script's own parser; both scripts run
-  to the end at smoke size in tests/test_benchmarks.py.
+- `python benchmarks/<script>.py`: parsed by the script's own parser; tests/test_benchmarks.py
+  runs both to the end at smoke size (run.py --smoke, and eval_throughput.py alone).
 - the install and test steps: run by CI (.ci/run runs the README's test command as
   written; tests/test_repo_contract.py checks that).
 """
