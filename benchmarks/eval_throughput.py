@@ -1,14 +1,17 @@
 """Eval throughput: the default backend (batched, left-padded `generate`) against one-at-a-time `generate`.
 
-    python benchmarks/eval_throughput.py [--model DIR] [--examples 200] [--single-examples 16] [--repeats 5]
+    python benchmarks/eval_throughput.py [--model DIR|builtin:tiny-qwen2] [--prompts FILE|generated]
+                                         [--examples 200] [--single-examples 16] [--repeats 5]
 
 Both paths run the same code (`llmhalluc.evaluation.generate_transformers`) on the
 same prompts with greedy decoding; only batch_size differs (1, eval.batch_size, and
 the whole set in one batch). The figure is the ratio of examples per second, all
 paths measured in this run, in `--repeats` interleaved repetitions (best and
 median reported, wall-clock and CPU time). The model is models/merged if
-it exists, else the built-in tiny model built into a temporary folder. Prints a
-table and writes JSON; it asserts nothing.
+it exists, else the built-in tiny model (untrained) built into a temporary folder;
+the prompts are data/prepared/eval.jsonl if it holds enough, else problems of the
+built-in task made the way `prepare` makes them. `--model` and `--prompts` pick one
+of them whatever exists. Prints a table and writes JSON; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -31,30 +33,50 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from llmhalluc import evaluation  # noqa: E402
-from llmhalluc.datasets import arithmetic  # noqa: E402
-from llmhalluc.datasets.records import chat_prompt, read_jsonl  # noqa: E402
+from llmhalluc.datasets.records import Record, chat_prompt, read_jsonl  # noqa: E402
+from llmhalluc.datasets.registry import load_registry  # noqa: E402
+from llmhalluc.datasets.splits import Drops, load_entry  # noqa: E402
 from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer  # noqa: E402
-from llmhalluc.params.sections import ArithmeticParams, EvalParams, PrepareParams  # noqa: E402
+from llmhalluc.params.sections import BUILTIN_TINY, EvalParams, PrepareParams  # noqa: E402
+
+PREPARED = ROOT / "data" / "prepared" / "eval.jsonl"
+GENERATED = "generated"
 
 
-def prompts_for(count: int) -> tuple[list[list[dict]], str]:
-    """The prepared eval prompts if there are enough, else freshly generated ones of the same task."""
-    prepared = ROOT / "data" / "prepared" / "eval.jsonl"
-    if prepared.is_file():
-        records = read_jsonl(prepared)
+def generated(count: int, seed: int) -> list[Record]:
+    """Problems of the built-in task, made the way `prepare` makes them (registry entry, generator, converter).
+
+    Going through prepare's own functions rather than calling the generator keeps this script in step
+    with what the pipeline feeds a model (a bare generator call broke silently when its API changed).
+    """
+    p = PrepareParams(seed=seed)
+    registry, registry_file = load_registry(ROOT / p.registry)
+    return load_entry("arithmetic", registry["arithmetic"], p, count, registry_file, Drops())[:count]
+
+
+def prompts_for(count: int, source: str | None) -> tuple[list[list[dict]], str]:
+    """`count` chat prompts: from a prepared eval.jsonl (`source`, or data/prepared's when it holds enough),
+    else generated."""
+    if source != GENERATED:
+        path = Path(source) if source else PREPARED
+        records = read_jsonl(path) if path.is_file() else []
         if len(records) >= count:
-            return [r.prompt for r in records[:count]], str(prepared.relative_to(ROOT))
-    records = arithmetic.generate(count, ArithmeticParams(), random.Random(0), prefix="bench")
+            return [r.prompt for r in records[:count]], str(path)
+        if source:
+            raise SystemExit(f"--prompts {source}: {len(records)} prompts there, fewer than --examples {count}")
     system = PrepareParams().system_prompt
-    return [chat_prompt(r.question, system) for r in records], "generated (built-in arithmetic task)"
+    return [chat_prompt(r.question, system) for r in generated(count, seed=1)], "generated (built-in arithmetic task)"
 
 
-def default_model(scratch: Path) -> tuple[str, str]:
+def model_folder(choice: str | None, scratch: Path) -> tuple[str, str]:
+    """(folder, label): `choice` as given, the built-in tiny model for BUILTIN_TINY, and by default
+    models/merged if it exists, else the built-in one."""
     merged = ROOT / "models" / "merged"
-    if (merged / "config.json").is_file():
+    if choice and choice != BUILTIN_TINY:
+        return choice, choice
+    if choice is None and (merged / "config.json").is_file():
         return str(merged), "models/merged"
-    records = arithmetic.generate(500, ArithmeticParams(), random.Random(1), prefix="corpus")
-    folder = build_tiny_model(scratch / "tiny", [f"{r.question} {r.solution()}" for r in records])
+    folder = build_tiny_model(scratch / "tiny", [f"{r.question} {r.solution()}" for r in generated(500, seed=2)])
     model, tokenizer = load_model_and_tokenizer(str(folder), dtype="float32")
     add_backtrack_token(model, tokenizer)
     model.save_pretrained(folder, safe_serialization=True)
@@ -70,10 +92,14 @@ def measure(fn) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (tests/test_readme_commands.py parses the README's invocation with it)."""
     defaults = EvalParams()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder (default: models/merged, else the built-in tiny model)")
+    parser.add_argument("--model", help=f"model folder, or {BUILTIN_TINY} for the untrained built-in model "
+                        "(default: models/merged if it exists, else the built-in model)")
+    parser.add_argument("--prompts", help=f"a prepared eval.jsonl, or {GENERATED!r} for problems made like prepare's "
+                        "(default: data/prepared/eval.jsonl if it holds --examples prompts, else generated)")
     parser.add_argument("--examples", type=int, default=200, help="prompts generated by the batched paths")
     parser.add_argument("--single-examples", type=int, default=16, help="prompts generated one at a time")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="eval.batch_size to time")
@@ -82,15 +108,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch intra-op threads for both paths (default: torch's own); "
                         "1 keeps a shared, loaded machine from oversubscribing")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_throughput.json"))
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
-        path, model_label = (args.model, args.model) if args.model else default_model(Path(scratch))
+        path, model_label = model_folder(args.model, Path(scratch))
         model, tokenizer = load_model_and_tokenizer(path, dtype="float32")
         model.eval()
-        messages, prompt_source = prompts_for(args.examples)
+        messages, prompt_source = prompts_for(args.examples, args.prompts)
         prompts = [evaluation.prompt_ids(tokenizer, m) for m in messages]
         sampling = evaluation.Sampling(max_new_tokens=args.max_new_tokens)
         single_prompts = prompts[: args.single_examples]

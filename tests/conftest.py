@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -30,3 +32,14 @@ def run_stage_script(stage: str, cwd: Path, *args: str) -> subprocess.CompletedP
         [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args],
         cwd=cwd, capture_output=True, text=True, env={**os.environ}, timeout=600,
     )
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the repo (benchmarks/run.py, ...) as a module, without running its main: benchmarks/ is
+    not a package, and its tests call the scripts' own functions (parse_args, markdown, ...)."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,171 @@
+"""Every command the READMEs tell a user to run still works, or at least still parses.
+
+The commands are read from the READMEs themselves (fenced `bash` blocks, and inline
+`dvc ...` / `python ...` spans), so a command that is added, renamed or misspelled
+there is checked too, and one that no check below knows fails the test. Each kind of
+command gets the strongest check that fits in a test:
+
+- `dvc ...`: parsed by DVC's own command-line parser; `-S key=value` edits (every value
+  of a sweep) are applied to a copy of params.yaml and validated like the stage would
+  (unknown key, type, cross-field rules); `dvc repro <stage>` names a stage of dvc.yaml.
+- `python stages/<stage>.py`: run with `--dry-run` (validates params, loads nothing).
+- `python benchmarks/<script>.py`: parsed by the script's own parser; tests/test_benchmarks.py
+  runs both to the end at smoke size (run.py --smoke, and eval_throughput.py alone).
+- the install and test steps: run by CI (.ci/run runs the README's test command as
+  written; tests/test_repo_contract.py checks that).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import itertools
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from llmhalluc.errors import ParamsError
+from llmhalluc.params import load_section
+from tests.conftest import ROOT, load_script
+
+DOCS = ("README.md", "benchmarks/README.md")
+
+#: Setup steps of the README's two install lines; CI runs them (tests/test_repo_contract.py).
+SETUP = {
+    ("python3", "-m", "venv", ".venv"), (".", ".venv/bin/activate"), ("pip", "install", "-e", "."),
+    ("pip", "install", "-e", ".[dev]"), ("pytest",),
+}
+
+#: Commands the READMEs give for hardware or packages this machine may lack: where the package is
+#: missing, every params problem must be that one (any other problem, a misspelled key say, still fails).
+NEEDS_PACKAGE = {"configs/accelerate/deepspeed_zero3.yaml": ("deepspeed", "DeepSpeed, which is not installed")}
+
+
+def fenced_commands(text: str) -> list[list[str]]:
+    """The steps of every command in ```bash blocks: continuations joined, comments dropped, split at &&."""
+    steps = []
+    for block in re.findall(r"^\s*```bash\n(.*?)^\s*```", text, re.MULTILINE | re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            tokens = shlex.split(line, comments=True)
+            steps += [list(group) for is_and, group in itertools.groupby(tokens, lambda t: t == "&&") if not is_and]
+    return steps
+
+
+def inline_commands(text: str) -> list[list[str]]:
+    """`dvc ...` and `python ...` in inline code spans of the prose (fenced blocks are read separately)."""
+    prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return [shlex.split(span) for span in re.findall(r"`((?:dvc|python) [^`]+)`", prose)]
+
+
+def commands() -> list[tuple[str, tuple[str, ...]]]:
+    """(file, command) for every command of the READMEs, each distinct command once."""
+    found = {}
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        for cmd in fenced_commands(text) + inline_commands(text):
+            found.setdefault(tuple(cmd), doc)
+    return [(doc, cmd) for cmd, doc in found.items()]
+
+
+COMMANDS = commands()
+
+
+def test_the_commands_are_found():
+    """A reader that finds nothing checks nothing; these are commands the READMEs have always given."""
+    found = {" ".join(cmd) for _, cmd in COMMANDS}
+    assert {"dvc repro", "python benchmarks/run.py", "python stages/train_grpo.py --dry-run", "dvc exp show",
+            "python benchmarks/eval_throughput.py", "pytest"} <= found
+    assert len(found) >= 20
+
+
+def readme_registry(tmp_path: Path) -> Path:
+    """configs/datasets.yaml plus the entries the README shows for it (```yaml blocks headed
+    `# configs/datasets.yaml`): a README command may pick an entry the README told the user to add."""
+    text = (ROOT / "configs" / "datasets.yaml").read_text()
+    for block in re.findall(r"^```yaml\n(.*?)^```", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL):
+        if block.startswith("# configs/datasets.yaml\n"):
+            text += "\n" + block
+    path = tmp_path / "datasets.yaml"
+    path.write_text(text)
+    return path
+
+
+def check_params_edits(edits: list[str], tmp_path: Path) -> None:
+    """Apply `-S key=value` edits to a copy of params.yaml, as `dvc exp run` would, and load each section
+    touched; a comma makes a sweep, and every combination of values is checked."""
+    options = [[("prepare.registry", str(readme_registry(tmp_path)))]]
+    for edit in edits:
+        key, _, values = edit.partition("=")
+        assert key and values, f"-S {edit}: not key=value"
+        options.append([(key, value) for value in values.split(",")])
+    for combination in itertools.product(*options):
+        yaml = YAML()
+        data = yaml.load((ROOT / "params.yaml").read_text())
+        for key, value in combination:
+            node = data
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = YAML(typ="safe", pure=True).load(value)  # YAML 1.2, as DVC writes it
+        out = io.StringIO()
+        yaml.dump(data, out)
+        path = tmp_path / "params.yaml"
+        path.write_text(out.getvalue())
+        for section in dict.fromkeys(key.split(".")[0] for key, _ in combination[1:]):
+            try:
+                load_section(section, path, for_run=False)
+            except ParamsError as exc:
+                allowed = [message for needle, (package, message) in NEEDS_PACKAGE.items()
+                           if any(needle in value for _, value in combination)
+                           and importlib.util.find_spec(package) is None]
+                if not allowed or not all(any(a in p for a in allowed) for p in exc.problems):
+                    shown = " -S ".join(f"{k}={v}" for k, v in combination[1:])
+                    raise AssertionError(f"-S {shown}: {exc}") from None
+
+
+def check_dvc(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvc.cli import DvcParserError, parse_args
+
+    try:
+        parsed = parse_args(args)
+    except DvcParserError:
+        raise AssertionError(f"dvc {' '.join(args)}: DVC's parser refuses it (usage above)") from None
+    if getattr(parsed, "set_param", None):
+        monkeypatch.chdir(ROOT)  # params name paths relative to the repo (registry, accelerate configs)
+        check_params_edits(parsed.set_param, tmp_path)
+    if args[0] == "repro":
+        stages = YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())["stages"]
+        unknown = [t for t in parsed.targets if t not in stages]
+        assert not unknown, f"dvc {' '.join(args)}: no stage {unknown} in dvc.yaml (stages: {', '.join(stages)})"
+
+
+def check_stage(script: str, args: list[str]) -> None:
+    dry = args if "--dry-run" in args else [*args, "--dry-run"]
+    result = subprocess.run([sys.executable, script, *dry], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"python {script} {' '.join(dry)} exited {result.returncode}:\n{result.stderr}"
+
+
+#: Benchmark scripts: their own parsers (tests/test_benchmarks.py runs both to the end at smoke size).
+BENCHMARK_PARSERS = {"benchmarks/run.py": lambda: load_script("benchmarks/run.py").parse_args,
+                     "benchmarks/eval_throughput.py": lambda: load_script("benchmarks/eval_throughput.py").parse_args}
+
+
+@pytest.mark.parametrize("doc,cmd", COMMANDS, ids=[" ".join(cmd) for _, cmd in COMMANDS])
+def test_readme_command_is_checked(doc: str, cmd: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    program, *args = cmd
+    if cmd in SETUP:
+        return  # run by CI exactly as the README writes it (test_repo_contract)
+    if program == "dvc":
+        check_dvc(args, tmp_path, monkeypatch)
+    elif program == "python" and args and re.fullmatch(r"stages/\w+\.py", args[0]):
+        assert (ROOT / args[0]).is_file(), f"{doc}: {args[0]} does not exist"
+        check_stage(args[0], args[1:])
+    elif program == "python" and args and args[0] in BENCHMARK_PARSERS:
+        BENCHMARK_PARSERS[args[0]]()(args[1:])
+    else:
+        pytest.fail(f"{doc}: `{shlex.join(cmd)}` is a command no check covers; add one to {Path(__file__).name}")
