@@ -284,7 +284,8 @@ def report(entries: list[dict[str, Any]], patterns: Sequence[str], out_dir: Path
 # --------------------------------------------------------------------------- command line
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_readme_commands.py parses the README's commands with it)."""
     parser = argparse.ArgumentParser(prog="python -m llmhalluc.seeds", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("queue", "queue one DVC experiment per seed (run them with `dvc queue start`)"),
@@ -301,7 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("--out", type=Path, default=REPORT_DIR, help=f"output folder (default {REPORT_DIR})")
     rep.add_argument("--reference", help="config label to compare the others with (↑ / ↓ in the table)")
     rep.add_argument("--from-json", type=Path, help="read this `dvc exp show --json` output instead of running it")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     if args.command in ("queue", "run"):
         seeds = range(args.first_seed, args.first_seed + args.seeds)

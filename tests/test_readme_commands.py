@@ -9,6 +9,7 @@ command gets the strongest check that fits in a test:
   of a sweep) are applied to a copy of params.yaml and validated like the stage would
   (unknown key, type, cross-field rules); `dvc repro <stage>` names a stage of dvc.yaml.
 - `python stages/<stage>.py`: run with `--dry-run` (validates params, loads nothing).
+- `python -m llmhalluc.seeds ...`: parsed by its own parser, its `-S` edits validated as dvc's are.
 - `python benchmarks/<script>.py`: parsed by the script's own parser; tests/test_benchmarks.py
   runs both to the end at smoke size (run.py --smoke, and eval_throughput.py alone).
 - the install and test steps: run by CI (.ci/run runs the README's test command as
@@ -150,6 +151,17 @@ def check_stage(script: str, args: list[str]) -> None:
     assert result.returncode == 0, f"python {script} {' '.join(dry)} exited {result.returncode}:\n{result.stderr}"
 
 
+def check_seeds(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seeds command's own parser, and its -S edits validated like dvc exp run's (tests/test_seeds.py
+    runs queue, run and report on real DVC experiments)."""
+    from llmhalluc import seeds
+
+    parsed = seeds.build_parser().parse_args(args)
+    if getattr(parsed, "set_param", None):
+        monkeypatch.chdir(ROOT)
+        check_params_edits(parsed.set_param, tmp_path)
+
+
 #: Benchmark scripts: their own parsers (tests/test_benchmarks.py runs both to the end at smoke size).
 BENCHMARK_PARSERS = {"benchmarks/run.py": lambda: load_script("benchmarks/run.py").parse_args,
                      "benchmarks/eval_throughput.py": lambda: load_script("benchmarks/eval_throughput.py").parse_args}
@@ -167,5 +179,7 @@ def test_readme_command_is_checked(doc: str, cmd: tuple[str, ...], tmp_path: Pat
         check_stage(args[0], args[1:])
     elif program == "python" and args and args[0] in BENCHMARK_PARSERS:
         BENCHMARK_PARSERS[args[0]]()(args[1:])
+    elif program == "python" and args[:2] == ["-m", "llmhalluc.seeds"]:
+        check_seeds(args[2:], tmp_path, monkeypatch)
     else:
         pytest.fail(f"{doc}: `{shlex.join(cmd)}` is a command no check covers; add one to {Path(__file__).name}")
