@@ -83,13 +83,17 @@ def _models(params: Any, scratch: Path) -> dict[str, str]:
     return {"tiny (untrained)": str(folder)}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200, help="held-out problems of the greedy eval")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved repetitions (minimum used)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, as the stage runs)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_diagnostics.json"))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
 
     import torch
 

@@ -59,6 +59,8 @@ class Scale:
     prepare_rows: tuple[int, ...] = (1_000, 10_000, 100_000)
     #: extra arguments of benchmarks/eval_throughput.py
     eval_args: tuple[str, ...] = ()
+    #: extra arguments of benchmarks/eval_diagnostics.py
+    diagnostics_args: tuple[str, ...] = ()
     #: fewest repetitions of eval_throughput (its batched paths take well under a second each)
     eval_min_repeats: int = 3
     #: incremental's baseline, a forced re-run of the whole pipeline; the smoke leaves it out (it is a
@@ -85,6 +87,7 @@ SMOKE = Scale(
     },
     prepare_rows=(100, 200, 400),
     eval_args=("--examples", "8", "--single-examples", "2", "--batch-size", "4", "--max-new-tokens", "8"),
+    diagnostics_args=("--examples", "8"),
     eval_min_repeats=1,
     full_repro_baseline=False,
     env={"OMP_NUM_THREADS": "1"},
@@ -285,6 +288,26 @@ def eval_throughput(work: Path, scale: Scale) -> list[Row]:
     return [row(f"eval {name}", rate(path), rate(single), "examples/s", ">= 10x one at a time",
                 note=f"median speed-up {path['speedup_median']:.1f}x", higher_is_better=True)
             for name, path in paths.items() if name != "one at a time"]
+
+
+@benchmark("eval_diagnostics")
+def eval_diagnostics(work: Path, scale: Scale) -> list[Row]:
+    """The default eval with every diagnostic on vs the greedy eval alone (benchmarks/eval_diagnostics.py)."""
+    if not (work / "models" / "merged").is_dir():
+        run([*DVC, "repro", "merge"], work)
+    out = work / "eval_diagnostics.json"
+    run([PY, "benchmarks/eval_diagnostics.py", "--repeats", str(scale.repeat), "--out", str(out),
+         *scale.diagnostics_args], work)
+    result = json.loads(out.read_text())
+
+    # The script keeps the minimum over its interleaved repeats: one figure per path.
+    greedy_s = sum(r["greedy_wall_s"] for r in result["rows"])
+    greedy = {"min": greedy_s, "median": greedy_s, "n": 1}
+    both_s = greedy_s + sum(r["diagnostics_wall_s"] for r in result["rows"])
+    both = {"min": both_s, "median": both_s, "n": 1}
+    return [row("eval greedy + all diagnostics vs greedy", both, greedy, "s", "ratio <= 2",
+                note=f"{result['examples']} problems, models {', '.join(r['model'] for r in result['rows'])}; "
+                     f"CPU-time ratio {result['ratio_cpu']}")]
 
 
 @benchmark("prepare_scaling")

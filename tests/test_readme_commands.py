@@ -164,7 +164,8 @@ def check_seeds(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 #: Benchmark scripts: their own parsers (tests/test_benchmarks.py runs both to the end at smoke size).
 BENCHMARK_PARSERS = {"benchmarks/run.py": lambda: load_script("benchmarks/run.py").parse_args,
-                     "benchmarks/eval_throughput.py": lambda: load_script("benchmarks/eval_throughput.py").parse_args}
+                     "benchmarks/eval_throughput.py": lambda: load_script("benchmarks/eval_throughput.py").parse_args,
+                     "benchmarks/eval_diagnostics.py": lambda: load_script("benchmarks/eval_diagnostics.py").parse_args}
 
 
 @pytest.mark.parametrize("doc,cmd", COMMANDS, ids=[" ".join(cmd) for _, cmd in COMMANDS])
