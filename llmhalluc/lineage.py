@@ -17,6 +17,7 @@ Layout (keys other stages rely on are marked *)::
      "parent": null | {"path": "models/sft", "lineage": {...}},  *  (what an adapter sits on)
      "data": {"path": "data/prepared/sft.jsonl", "sha256": "..."},
      "lengths": {"max_completion_tokens": 41, ...},   # train_sft: what generation must leave room for
+     "end_of_turn": "<|im_end|>",   # train_sft: the token SFT targets end with (the chat template's)
      "git_commit": "..." | null, "git_dirty": bool | null,
      "versions": {"torch": "2.13.0+cpu", "transformers": ..., "trl": ..., "peft": ..., ...},
      "params": {...resolved params of the stage...}}

@@ -13,7 +13,9 @@ importing this module (e.g. to check params) stays cheap.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,6 +178,56 @@ def build_tiny_model(
     model.save_pretrained(save_dir, safe_serialization=True)
     tokenizer.save_pretrained(save_dir)
     return save_dir
+
+
+# --------------------------------------------------------------------------- end of turn
+
+_TURN_PROBE = "\x00llmhalluc-turn-probe\x00"  # text no template alters and no tokenizer merges with its surroundings
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The token the chat template closes an assistant turn with (ChatML's ``<|im_end|>``, Llama 3's ``<|eot_id|>``).
+
+    An SFT target must end with the token the template writes after an assistant message,
+    or the model learns to stop with a token the prompts never show (and generation may
+    not stop where the next turn would start). The tokenizer's eos is that token only in
+    some tokenizers: SmolLM2's GGUF, for one, says ``<|endoftext|>``. The template is
+    rendered around a probe text and the first added (special) token after the probe is
+    taken; a tokenizer without a chat template, or whose template closes a turn with no
+    such token, falls back to eos.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _TURN_PROBE}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if _TURN_PROBE in text:
+            tail = text[text.index(_TURN_PROBE) + len(_TURN_PROBE):]
+            added = set(tokenizer.get_added_vocab())
+            for token in tokenizer.tokenize(tail):
+                if token in added:
+                    return token
+    if tokenizer.eos_token is None:
+        raise DataError("the tokenizer has no eos token and its chat template closes no turn with a special token: "
+                        "an SFT target would never end")
+    return tokenizer.eos_token
+
+
+def use_end_of_turn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Make the template's end-of-turn token the one that ends generation; return it.
+
+    It becomes the tokenizer's eos (what TRL's GRPO and eval stop at and what is saved with
+    the trained model), and joins the generation config's eos ids (a list, as Qwen's already is).
+    """
+    token = end_of_turn_token(tokenizer)
+    if token != tokenizer.eos_token:
+        tokenizer.eos_token = token
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        configured = generation.eos_token_id
+        ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+        if token_id not in ids:
+            generation.eos_token_id = [token_id, *ids] if ids else token_id
+    return token
 
 
 # --------------------------------------------------------------------------- init strategies
@@ -383,12 +435,23 @@ def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedMo
     return model
 
 
+@contextmanager
+def peft_spelling_quiet() -> Iterator[None]:
+    """Silence the one FutureWarning peft 0.21 causes by reading transformers 5's deprecated
+    ``is_gradient_checkpointing`` whenever it wraps a model: it fires on every run, no setting of
+    ours avoids it, and it would bury the warnings that matter. Nothing else is filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_adapter_stack(folder: str | Path, lineage: dict, *, merge: bool = True, **options):
     """Parent model + this folder's adapter; merged into plain weights unless ``merge=False`` (a PeftModel)."""
     from peft import PeftModel
 
     model = adapter_parent(folder, lineage, **options)
-    peft_model = PeftModel.from_pretrained(model, str(folder))
+    with peft_spelling_quiet():
+        peft_model = PeftModel.from_pretrained(model, str(folder))
     peft_model.eval()
     if not merge:
         return peft_model

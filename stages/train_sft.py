@@ -59,6 +59,7 @@ def main(section: Section) -> None:
     backtrack_id = models.add_backtrack_token(model, tokenizer, p.backtrack.token, p.backtrack.init,
                                               noise_std=p.backtrack.noise_std, seed=config.seed)
     vocab_rows = model.get_input_embeddings().weight.shape[0]  # what an adapter's base must be resized to
+    end_of_turn = models.use_end_of_turn(model, tokenizer)  # targets end as the chat template ends a turn
 
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
     examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors)
@@ -98,7 +99,7 @@ def main(section: Section) -> None:
         lineage.write_lineage(staging, {
             "stage": "train_sft", "kind": "lora" if p.lora.enabled else "full",
             "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
-            "vocab_rows": vocab_rows, "lengths": lengths,
+            "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
             "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
             **({"shards": shards} if shards else {}),
         })
@@ -116,7 +117,7 @@ def encode_records(records, tokenizer, backtrack_id: int, *,
     The labels (-100 off the loss) are what SFTTrainer trains on: a `labels` column is used
     as is (tests/test_train_sft.py checks the collated batch).
     """
-    end_ids = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False)
+    end_ids = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False)  # the end of turn (use_end_of_turn)
 
     def tokenize(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)

@@ -159,13 +159,31 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, prepared: Pa
 # --------------------------------------------------------------------------- LoRA
 
 
-def test_lora_saves_adapter_with_both_backtrack_rows(tmp_path: Path, prepared: Path) -> None:
+def test_lora_saves_adapter_with_both_backtrack_rows(tmp_path: Path, prepared: Path, monkeypatch) -> None:
+    import warnings
+
     from peft import PeftModel
     from safetensors import safe_open
 
+    from llmhalluc import checkpoints
+
+    monkeypatch.setattr(checkpoints, "clean", lambda output_dir: None)  # keep the checkpoints to look at them
     folder = project(tmp_path, prepared)
-    run("train_sft", "sft", folder, {"sft.lora.enabled": True, "sft.learning_rate": 0.05})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("train_sft", "sft", folder, {"sft.lora.enabled": True, "sft.learning_rate": 0.05})
     out = folder / "models/sft"
+
+    # Checkpoints hold the adapter alone, as the final folder does: not both (resized) embedding matrices.
+    saved = sorted((folder / "checkpoints/sft").glob("checkpoint-*/adapter_model.safetensors"))
+    assert saved, "no LoRA checkpoint was written"
+    final_size = (out / "adapter_model.safetensors").stat().st_size
+    for checkpoint in saved:
+        assert checkpoint.stat().st_size < 2 * final_size, (checkpoint, checkpoint.stat().st_size, final_size)
+        with safe_open(str(checkpoint), "pt") as f:
+            names = list(f.keys())
+        assert not any(k.endswith(("embed_tokens.weight", "lm_head.weight")) for k in names)
+    assert not [w for w in caught if "save_embedding_layers" in str(w.message)]
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["kind"] == "lora" and not (out / "model.safetensors").exists()
     assert (out / "adapter_model.safetensors").is_file() and (out / "base" / "model.safetensors").is_file()
