@@ -52,6 +52,11 @@ def main(section: Section) -> None:
                                         num_layers=t.num_layers, num_heads=t.num_heads,
                                         intermediate_size=t.intermediate_size, seed=t.seed)
         name = str(base_dir)
+    gguf = None
+    if p.gguf_file:  # dequantized once into a cache folder keyed by the file's sha256 (rank 0 first)
+        with config.main_process_first(desc="dequantize the GGUF base"):
+            folder, gguf = models.dequantized_gguf(name, p.gguf_file)
+        name = str(folder)
     model, tokenizer = models.load_model_and_tokenizer(
         name, dtype=p.dtype, attn_implementation=None if p.attn_implementation == "auto" else p.attn_implementation,
         trust_remote_code=config.trust_remote_code,
@@ -74,7 +79,8 @@ def main(section: Section) -> None:
     if p.lora.enabled:
         model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None)
+    base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None, loaded_from=name,
+                               gguf=gguf)
     data = lineage.data_record(data_file)
     run = checkpoints.fingerprint(params, {"data": data["sha256"], "base": base})
     with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
@@ -86,6 +92,7 @@ def main(section: Section) -> None:
 
     with staged_output(p.model_dir) as staging:
         if p.lora.enabled:  # the adapter names its base as a user would load it from the repository root
+            # (never a cache folder of this machine: a GGUF base is named as params name it, lineage has the rest)
             trainer.model.peft_config["default"].base_model_name_or_path = (
                 str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path)
             save_adapter(trainer.model, staging)
