@@ -85,7 +85,8 @@ def main(section: Section) -> None:
     run = checkpoints.fingerprint(params, {"data": data["sha256"], "base": base})
     with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
         last = checkpoints.resume_point(config.output_dir, run, log=print_once)
-    tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last))
+    tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last),
+                    summary={"data": {**lengths, "examples": len(examples)}})  # truncation in dvc metrics show
     announce_shard(trainer, "train_sft")
     result = trainer.train(resume_from_checkpoint=last)
     shards = collect_shards(trainer)  # under N processes: each rank's first batch
