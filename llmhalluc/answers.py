@@ -6,6 +6,12 @@ Answers are numbers (GSM8K, the built-in arithmetic task) or short text spans
 (SQuAD-style, and the abstain phrase "unanswerable"); one pattern and one
 normaliser serve both, and a number never goes through the text path.
 
+Against a *numeric* gold answer, a stated answer is read as the number it states,
+as GSM8K solutions and real chat models write it: "53 minutes", "$18 per day",
+"1,080 apples", "x = 12 cookies" are 53, 18, 1080 and 12 (``normalize_answer(...,
+gold=...)``). Only then: a text gold such as SQuAD's "3 million" must not equal
+"3 billion". Eval and the GRPO rewards both judge through this one rule.
+
 This module stays import-light (re, decimal): the params layer and the rewards
 import it.
 """
@@ -25,6 +31,11 @@ DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\
 #: What prepare writes as the gold answer of an unanswerable question, unless its meta.json says otherwise.
 DEFAULT_ABSTAIN = "unanswerable"
 
+# The number an answer states: optional sign and currency sign (a space may follow it), thousands
+# groups or plain digits, decimals; not a digit run inside a word or a fraction ("1/2" is no number).
+_STATED_NUMBER = re.compile(
+    r"(?<![\w.,/])([+-]?)[$€£¥₹]?[ \t]?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?![\d/]|[.,]\d)"
+)
 _NUMBER_IN_TEXT = re.compile(r"[-−]?\$?\d[\d,]*(?:\.\d+)?|[-−]?\.\d+")
 # A whole answer that is a number: optional sign and currency sign, thousands groups or plain digits, decimals.
 _NUMBER = re.compile(r"[+-]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\$?\.\d+")
@@ -65,7 +76,24 @@ def _as_number(text: str) -> str | None:
     return format(number.normalize(), "f")
 
 
-def normalize_answer(answer: str | None) -> str | None:
+def stated_number(answer: str) -> str | None:
+    """The number an answer span states, canonical ("$18 per day" -> "18", "1,080 apples" -> "1080"), or None.
+
+    The first number of the span, after its last "=" when it shows a calculation
+    ("3 * 6 = 18 dollars" states 18, and so does "18 (6 + 6 + 6)"). A fraction or a
+    span with no number states none, so it is compared as text (and is wrong against
+    a number). Number words ("five") are not read.
+    """
+    text = answer.replace("−", "-")
+    if "=" in text:
+        text = text.rsplit("=", 1)[1]
+    match = _STATED_NUMBER.search(text)
+    if match is None:
+        return None
+    return _as_number(match.group(1) + match.group(2))
+
+
+def normalize_answer(answer: str | None, gold: str | None = None) -> str | None:
     """Canonical form for comparison, or None when there is no answer.
 
     Numbers: no thousands separators, currency sign, percent sign, trailing period
@@ -73,13 +101,27 @@ def normalize_answer(answer: str | None) -> str | None:
     `1080`; `-3` stays `-3`). Anything else is text: SQuAD's normalisation (lower
     case, punctuation and articles dropped, spaces collapsed). An answer that
     normalises to nothing is None.
+
+    ``gold`` is the *normalised* gold answer the result will be compared with. When it
+    is a number, the answer is read as the number it states (stated_number), so units,
+    currency and trailing words ("53 minutes", "$18 per day") do not make a right
+    number wrong; an answer that states no number falls back to the text form.
     """
     if answer is None:
         return None
+    numeric_gold = gold is not None and _as_number(gold) is not None
+    if numeric_gold:
+        number = stated_number(answer)
+        if number is not None:
+            return number
     text = answer.strip().rstrip(".").strip()
     bare = text.strip(_DECORATION).rstrip(".").removesuffix("%").strip()
     number = _as_number(bare)
     if number is not None:
         return number
     words = " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+    if numeric_gold and words and _as_number(words) is not None:
+        # A number the reader refused ("1/2", "1,08") would fold into digits ("12", "108") as text
+        # and could equal the gold by accident: keep its own spelling instead.
+        return " ".join(text.lower().split())
     return words or None

@@ -182,10 +182,10 @@ def score(ids: Sequence[int], *, gold: str, answerable: bool, tokenizer: Any, ba
     raw_text = tokenizer.decode(list(ids), skip_special_tokens=False)
     resolved_text = tokenizer.decode(resolved, skip_special_tokens=True)
     unresolved_text = tokenizer.decode([t for t in ids if t != backtrack_id], skip_special_tokens=True)
-    extracted = extract_answer(resolved_text, pattern)
-    answer = normalize_answer(extracted)
-    answer_unresolved = normalize_answer(extract_answer(unresolved_text, pattern))
     gold_norm = normalize_answer(gold)
+    extracted = extract_answer(resolved_text, pattern)
+    answer = normalize_answer(extracted, gold=gold_norm)  # against a number: the number stated ("53 minutes")
+    answer_unresolved = normalize_answer(extract_answer(unresolved_text, pattern), gold=gold_norm)
     abstain_norm = normalize_answer(abstain)
     backtracks = count_backtracks(ids, backtrack_id)
     correct = answer is not None and answer == gold_norm

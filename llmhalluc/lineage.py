@@ -13,10 +13,12 @@ Layout (keys other stages rely on are marked *)::
      "kind": "lora" | "full",                                  *
      "backtrack_token": "<|backtrack|>", "backtrack_id": 512,   *
      "vocab_rows": 513,             # rows of the embedding matrix the weights expect
-     "base": {"name_or_path": "...", "path": "base" | null, "revision": "..." | null},   *
+     "base": {"name_or_path": "...", "path": "base" | null, "revision": "..." | null,   *
+              "sha256": "..." (a local folder's files), "gguf": {"file": "...", "sha256": "..."} (a GGUF base)},
      "parent": null | {"path": "models/sft", "lineage": {...}},  *  (what an adapter sits on)
      "data": {"path": "data/prepared/sft.jsonl", "sha256": "..."},
      "lengths": {"max_completion_tokens": 41, ...},   # train_sft: what generation must leave room for
+     "end_of_turn": "<|im_end|>",   # train_sft: the token SFT targets end with (the chat template's)
      "git_commit": "..." | null, "git_dirty": bool | null,
      "versions": {"torch": "2.13.0+cpu", "transformers": ..., "trl": ..., "peft": ..., ...},
      "params": {...resolved params of the stage...}}
@@ -146,13 +148,47 @@ def hub_revision(name_or_path: str, cache_dir: str | Path | None = None) -> str 
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
 
 
-def base_record(name_or_path: str, *, saved_as: str | None = None, revision: str | None = None) -> dict[str, Any]:
-    """The lineage's ``base`` entry; ``saved_as`` is a path inside the out where a copy of the base lives."""
-    return {
+def folder_sha256(folder: str | Path) -> str:
+    """One hash of a model folder's files (names and contents), for a base that has no hub revision.
+
+    A local base is only a path otherwise: replace the files under it and a lineage that
+    names the path would describe another model without anyone noticing.
+    """
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def base_record(name_or_path: str, *, saved_as: str | None = None, revision: str | None = None,
+                loaded_from: str | Path | None = None, gguf: dict[str, str] | None = None) -> dict[str, Any]:
+    """The lineage's ``base`` entry; ``saved_as`` is a path inside the out where a copy of the base lives.
+
+    ``loaded_from`` is the local folder the weights were read from (a local base, the built-in
+    model's folder, a GGUF's dequantized cache): its files are hashed into ``sha256``. ``gguf`` is
+    ``{"file", "sha256"}`` of a GGUF base, which a rebuild dequantizes again if its cache is gone.
+    """
+    record: dict[str, Any] = {
         "name_or_path": name_or_path,
         "path": saved_as,
-        "revision": revision if revision is not None else (None if saved_as else hub_revision(name_or_path)),
+        "revision": revision if revision is not None else (None if saved_as or gguf else hub_revision(name_or_path)),
     }
+    if loaded_from is not None and Path(loaded_from).is_dir():
+        record["sha256"] = folder_sha256(loaded_from)
+    if gguf is not None:
+        record["gguf"] = dict(gguf)
+    return record
+
+
+def hub_id(base: dict[str, Any]) -> str | None:
+    """The base's hub id (``org/name``), or None for a built-in, local, packaged or GGUF base."""
+    import re
+
+    name = base.get("name_or_path") or ""
+    if base.get("path") or base.get("gguf") or base.get("sha256") or Path(name).expanduser().exists():
+        return None
+    return name if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) else None
 
 
 def base_location(folder: str | Path, lineage: dict[str, Any]) -> tuple[str, str | None]:

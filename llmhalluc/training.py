@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmhalluc.models import peft_spelling_quiet
 from llmhalluc.params.sections import LoraParams
 
 
@@ -59,6 +60,26 @@ def save_adapter(peft_model: Any, folder: str | Path) -> None:
     peft_model.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)
 
 
+def _checkpoints_save_adapter_only(peft_model: Any) -> None:
+    """Make every save of this peft model (the Trainer's checkpoints too) write the adapter alone.
+
+    The Trainer checkpoints through ``model.save_pretrained(dir, state_dict=...)`` with peft's
+    ``save_embedding_layers="auto"``, which saves both whole embedding matrices whenever the
+    vocabulary grew (it always does: the backtrack token) and warns at every save: 246 MB per
+    SmolLM2-135M checkpoint for a 19.6 MB adapter. The trainable tokens already hold the only
+    rows that change, and resuming loads the adapter onto the same base, so the matrices are
+    dead weight. An explicit ``save_embedding_layers`` still wins.
+    """
+    save = peft_model.save_pretrained
+
+    def save_pretrained(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("save_embedding_layers", False)
+        kwargs.setdefault("safe_serialization", True)
+        return save(*args, **kwargs)
+
+    peft_model.save_pretrained = save_pretrained
+
+
 def with_adapter(model: Any, config: Any) -> Any:
     """Wrap `model` in a trainable peft model, ready for TRL's fused LM head.
 
@@ -71,7 +92,9 @@ def with_adapter(model: Any, config: Any) -> Any:
     from peft import get_peft_model
     from peft.utils.other import TrainableTokensWrapper
 
-    peft_model = get_peft_model(model, config)
+    with peft_spelling_quiet():
+        peft_model = get_peft_model(model, config)
+    _checkpoints_save_adapter_only(peft_model)
     head = peft_model.get_base_model().get_output_embeddings()
     if isinstance(head, TrainableTokensWrapper):
         bias = head.original_module.bias

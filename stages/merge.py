@@ -75,11 +75,11 @@ def _eval_metrics() -> dict | None:
 
 def model_card(merged: dict, eval_metrics: dict | None) -> str:
     """README.md: what the model is, how to load it, and exactly how it was built."""
-    from llmhalluc.lineage import chain
+    from llmhalluc.lineage import chain, hub_id
 
     nodes = chain(merged)
     base = merged["base"]
-    hub_base = base["name_or_path"] if not base.get("path") and ":" not in base["name_or_path"] else None
+    hub_base = hub_id(base)  # a local path or a GGUF is no hub id: the card then names no base_model
     front = ["---", "library_name: transformers", "tags: [llmhalluc, backtracking, trl, grpo]"]
     if hub_base:
         front.append(f"base_model: {hub_base}")
@@ -96,7 +96,9 @@ def model_card(merged: dict, eval_metrics: dict | None) -> str:
         "tokenizer = AutoTokenizer.from_pretrained(PATH)  # has the backtrack token and the chat template",
         "```", "",
         "## Lineage", "",
-        f"- base: `{base['name_or_path']}`, revision `{base.get('revision') or 'n/a (local or built-in)'}`",
+        f"- base: `{base['name_or_path']}`, revision `{base.get('revision') or 'n/a (local or built-in)'}`"
+        + (f", GGUF `{base['gguf']['file']}` sha256 `{base['gguf']['sha256']}`" if base.get("gguf") else "")
+        + (f", files sha256 `{base['sha256']}`" if base.get("sha256") else ""),
     ]
     for node in nodes:
         data = node.get("data") or {}

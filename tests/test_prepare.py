@@ -18,7 +18,7 @@ from tests.conftest import ROOT, edit, run_stage_script
 FIXTURES = Path(__file__).parent / "fixtures"
 
 EXTRA_ENTRIES = """
-gsm8k_local:
+gsm8k_sample:
   source: {path: data/raw/gsm8k_sample.jsonl}
   converter: gsm8k
 squad_local:
@@ -106,8 +106,8 @@ def test_every_generated_chain_is_correct_arithmetic():
 
 def test_gsm8k_local_file_answers_are_the_number_after_hashes(tmp_path: Path, params_text: str):
     params = small(params_text, sft=5, grpo=1, eval_=2)
-    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
-    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_local] ")
+    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_sample] ")
+    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_sample] ")
     work = workspace(tmp_path, params)
     stats = run_ok(work)
     assert stats["rows"] == {"sft": 5, "grpo": 1, "eval": 2}  # 8 rows: eval's slice first, the rest to train
@@ -198,7 +198,7 @@ gsm8k_copy:
   converter: gsm8k
 """
     params = small(params_text, sft=7, grpo=1, eval_=2)
-    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
+    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_sample] ")
     params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_copy] ")
     work = workspace(tmp_path, params, registry)
     # The same problem with different case and spacing is still the same problem.
@@ -207,7 +207,7 @@ gsm8k_copy:
     (work / "data" / "raw" / "gsm8k_copy.jsonl").write_text(json.dumps(line) + "\n")
     result = run_stage_script("prepare", work)
     assert result.returncode == 3
-    assert "appear in both train and eval" in result.stderr and "gsm8k_local-" in result.stderr
+    assert "appear in both train and eval" in result.stderr and "gsm8k_sample-" in result.stderr
     assert not (work / "data" / "prepared").exists()
 
 
@@ -256,3 +256,45 @@ mapped:
     assert result.returncode == 2
     assert "mapped.columns.question: column 'problem' is not in data/raw/gsm8k_sample.jsonl (columns: answer, " \
            "question)" in result.stderr
+
+
+#: Rows in GSM8K's shape, written for this test (not GSM8K's own): calculator notes, units, a '#### N' line.
+GSM8K_STYLE_TRAIN = [
+    ("A baker fills 12 trays with 6 rolls each. How many rolls does he bake?",
+     "He bakes 12 * 6 = <<12*6=72>>72 rolls.\n#### 72"),
+    ("A bus ride takes 35 minutes and the walk after it 18 minutes. How long is the trip?",
+     "The trip takes 35 + 18 = <<35+18=53>>53 minutes.\n#### 53"),
+    ("Mia earns $9 an hour and works 2 hours a day. How much does she earn per day?",
+     "She earns 9 * 2 = $<<9*2=18>>18 per day.\n#### 18"),
+    ("A farm sells 90 boxes of 12 apples. How many apples is that?",
+     "That is 90 * 12 = <<90*12=1080>>1,080 apples.\n#### 1,080"),
+]
+GSM8K_STYLE_TEST = [
+    ("A pen costs $3 and a notebook $4. What do 2 pens and a notebook cost?",
+     "Two pens cost 2 * 3 = $<<2*3=6>>6.\nWith the notebook: 6 + 4 = $<<6+4=10>>10.\n#### 10"),
+    ("A tank holds 40 liters and loses 15. How many liters are left?",
+     "40 - 15 = <<40-15=25>>25 liters are left.\n#### 25"),
+]
+
+
+def test_gsm8k_offline_entries_read_data_raw_and_say_how_to_fill_it(tmp_path: Path, params_text: str):
+    params = small(params_text, sft=3, grpo=1, eval_=2)
+    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
+    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_test_local] ")
+    work = workspace(tmp_path, params, registry_extra="")
+    for fixture in (work / "data" / "raw").glob("*.jsonl"):
+        fixture.unlink()
+
+    missing = run_stage_script("prepare", work)  # the registry's own entries, nothing in data/raw yet
+    assert missing.returncode == 3
+    assert "data/raw/gsm8k_train.jsonl: source file not found" in missing.stderr
+    assert "load_dataset('openai/gsm8k', 'main', split='train').to_json('data/raw/gsm8k_train.jsonl')" in missing.stderr
+
+    for name, rows in (("gsm8k_train", GSM8K_STYLE_TRAIN), ("gsm8k_test", GSM8K_STYLE_TEST)):
+        lines = [json.dumps({"question": q, "answer": a}) for q, a in rows]
+        (work / "data" / "raw" / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    stats = run_ok(work)
+    assert stats["rows"] == {"sft": 3, "grpo": 1, "eval": 2}
+    assert sorted(r["answer"] for r in prepared(work, "eval")) == ["10", "25"]  # the test file, and only it
+    train = prepared(work, "sft") + prepared(work, "grpo")
+    assert sorted(r["answer"] for r in train) == ["1080", "18", "53", "72"]

@@ -12,6 +12,7 @@ import torch
 
 from llmhalluc.backtrack import IGNORE_INDEX
 from llmhalluc.datasets.records import Error, Record, chat_prompt
+from llmhalluc.lineage import folder_sha256
 from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
 from tests.tiny_project import TINY, run, stage_module
 
@@ -99,7 +100,8 @@ def test_full_run_outs_lineage_and_determinism(tmp_path: Path, prepared: Path) -
     out = a / "models/sft"
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["kind"] == "full" and lineage["backtrack_token"] == "<|backtrack|>"
-    assert lineage["base"] == {"name_or_path": "builtin:tiny-qwen2", "path": "base", "revision": None}
+    assert lineage["base"] == {"name_or_path": "builtin:tiny-qwen2", "path": "base", "revision": None,
+                               "sha256": folder_sha256(out / "base")}  # what was built, by content
     assert lineage["data"]["sha256"] == hashlib.sha256((a / "data/prepared/sft.jsonl").read_bytes()).hexdigest()
     assert lineage["params"]["max_steps"] == 6 and lineage["params"]["tiny_model"]["hidden_size"] == 32
     assert "git_commit" in lineage
@@ -114,6 +116,8 @@ def test_full_run_outs_lineage_and_determinism(tmp_path: Path, prepared: Path) -
     metrics = json.loads((a / "dvclive/train_sft/metrics.json").read_text())
     assert metrics["step"] == 6 and {"loss", "learning_rate", "mean_token_accuracy"} <= set(metrics["train"])
     assert "train_runtime" not in json.dumps(metrics)                # wall-clock would break determinism
+    # What max_length cut sits beside the loss in `dvc metrics show` (and in lineage, for GRPO and eval).
+    assert metrics["data"] == {**lineage["lengths"], "examples": 64} and metrics["data"]["truncated_examples"] == 0
 
 
 def test_resume_after_crash_equals_uninterrupted(tmp_path: Path, prepared: Path, monkeypatch, capsys) -> None:
@@ -159,13 +163,31 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, prepared: Pa
 # --------------------------------------------------------------------------- LoRA
 
 
-def test_lora_saves_adapter_with_both_backtrack_rows(tmp_path: Path, prepared: Path) -> None:
+def test_lora_saves_adapter_with_both_backtrack_rows(tmp_path: Path, prepared: Path, monkeypatch) -> None:
+    import warnings
+
     from peft import PeftModel
     from safetensors import safe_open
 
+    from llmhalluc import checkpoints
+
+    monkeypatch.setattr(checkpoints, "clean", lambda output_dir: None)  # keep the checkpoints to look at them
     folder = project(tmp_path, prepared)
-    run("train_sft", "sft", folder, {"sft.lora.enabled": True, "sft.learning_rate": 0.05})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run("train_sft", "sft", folder, {"sft.lora.enabled": True, "sft.learning_rate": 0.05})
     out = folder / "models/sft"
+
+    # Checkpoints hold the adapter alone, as the final folder does: not both (resized) embedding matrices.
+    saved = sorted((folder / "checkpoints/sft").glob("checkpoint-*/adapter_model.safetensors"))
+    assert saved, "no LoRA checkpoint was written"
+    final_size = (out / "adapter_model.safetensors").stat().st_size
+    for checkpoint in saved:
+        assert checkpoint.stat().st_size < 2 * final_size, (checkpoint, checkpoint.stat().st_size, final_size)
+        with safe_open(str(checkpoint), "pt") as f:
+            names = list(f.keys())
+        assert not any(k.endswith(("embed_tokens.weight", "lm_head.weight")) for k in names)
+    assert not [w for w in caught if "save_embedding_layers" in str(w.message)]
     lineage = json.loads((out / "lineage.json").read_text())
     assert lineage["kind"] == "lora" and not (out / "model.safetensors").exists()
     assert (out / "adapter_model.safetensors").is_file() and (out / "base" / "model.safetensors").is_file()

@@ -34,6 +34,7 @@ class Source:
     revision: str | None = param(None, "Hub revision (branch, tag or commit) to pin")
     path: str | None = param(None, "local .jsonl / .json / .parquet / .csv file, relative to the repo root")
     builtin: str | None = param(None, "built-in generator name (arithmetic)")
+    obtain: str = param("", "how to get a local file that is missing (shown when prepare cannot find it)")
 
     def describe(self) -> str:
         if self.hub:

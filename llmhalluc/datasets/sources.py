@@ -35,8 +35,8 @@ def read_rows(source: Source, *, arithmetic: ArithmeticParams, rng: random.Rando
         return _generated(source, arithmetic, rng, wanted)
     if source.path:
         path = Path(source.path)
-        if not path.is_file():
-            raise DataError(f"{path}: source file not found")
+        if not path.is_file():  # offline, a local copy is the only way in: say how to make one
+            raise DataError(f"{path}: source file not found" + (f"; {source.obtain}" if source.obtain else ""))
         if path.suffix == ".jsonl":
             return list(_jsonl(path))
         if path.suffix == ".json":

