@@ -236,8 +236,10 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
         rows.append({
             "id": item.record.id, "position": item.position, "right_step": item.right_step,
             "wrong_step": item.wrong_step, "error_tokens": len(item.wrong),
-            "p_backtrack_wrong": round(wrong_stats[index][0][0], 6),
-            "p_backtrack_right": round(right_stats[index][0][0], 6),
+            # Unrounded: a model that never learned the token still ranks wrong above right steps (or not)
+            # at 1e-9, and AUROC must see that; only the summary means are rounded.
+            "p_backtrack_wrong": wrong_stats[index][0][0],
+            "p_backtrack_right": right_stats[index][0][0],
             "counting_exact": counted,
             "repair_step": repaired["resolved"].startswith(expected) and (not rest or rest[0].isspace()),
             "repair_answer": repaired["correct"],
@@ -303,7 +305,7 @@ def own_error_rows(model: Any, tokenizer: Any, prompts: Sequence[list[int]], sam
     stats = next_token_stats(model, [p + s for p, s in zip(prompts, samples, strict=True)],
                              [[len(p) + n for n, _, _ in steps] for p, steps in zip(prompts, checked, strict=True)],
                              token_id=backtrack_id, batch_size=batch_size, pad_id=pad_id(model, tokenizer))
-    return [[{"step": step, "right": verdict, "p_backtrack": round(prob, 6),
+    return [[{"step": step, "right": verdict, "p_backtrack": prob,  # unrounded, for AUROC
               "retracted": n < len(ids) and ids[n] == backtrack_id}
              for (n, step, verdict), (prob, _) in zip(steps, found, strict=True)]
             for ids, steps, found in zip(samples, checked, stats, strict=True)]
