@@ -44,7 +44,7 @@ from llmhalluc.backtrack import resolve_ids
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.augment import nudge_number
 from llmhalluc.datasets.records import Record
-from llmhalluc.evaluation import share
+from llmhalluc.evaluation import left_padded, share
 
 if TYPE_CHECKING:
     from llmhalluc.params.sections import EvalParams
@@ -119,13 +119,8 @@ def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Seque
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        width = max(len(sequences[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, index in enumerate(chunk):
-            ids = sequences[index]
-            input_ids[row, width - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
-            attention[row, width - len(ids):] = 1
+        input_ids, attention = left_padded([sequences[i] for i in chunk], pad_id)
+        width = input_ids.shape[1]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         first = min(width - len(sequences[i]) + n - 1 for i in chunk for n in ends[i])
         with torch.inference_mode():

@@ -82,6 +82,20 @@ def prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
+def left_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of a batch, padded on the left: every row's last real token is in the
+    last column, where generation continues and where teacher forcing reads the next-token distribution."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
 def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, batch_size: int,
                           sampling: Sampling) -> list[list[int]]:
     """Completion ids for each prompt (in input order), batch by batch with left padding."""
@@ -103,13 +117,8 @@ def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, index in enumerate(chunk):
-            ids = prompts[index]
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids):] = 1
+        input_ids, attention = left_padded([prompts[i] for i in chunk], pad_id)
+        width = input_ids.shape[1]
         with torch.inference_mode():
             generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                        **options)
