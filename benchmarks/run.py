@@ -36,7 +36,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -382,7 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = SMOKE if args.smoke else FULL
-    scale = Scale(**{**base.__dict__, "repeat": args.repeat or base.repeat})
+    scale = replace(base, repeat=args.repeat or base.repeat)
     ENV.update(scale.env)
     code = measured_code()  # before the copy, so it describes exactly the files copied
 
