@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                      # all benchmarks, ~15 minutes on 2 cores
     python benchmarks/run.py --only fail_fast prepare_scaling --repeat 5
-    python benchmarks/run.py --smoke              # every benchmark at the smallest size, ~1 minute
+    python benchmarks/run.py --smoke              # every benchmark at the smallest size, ~80 s of CPU
 
 Works in a throwaway copy of the repo's tracked files (the user's workspace,
 DVC cache and experiments are never touched), prints a table, and writes
@@ -13,9 +13,11 @@ targets are printed beside the figures. A benchmark that fails (an exception,
 a command's non-zero exit) does not stop the others; the run then exits 1.
 
 --smoke runs every benchmark through the same scripts, stages and library calls
-on a pipeline of seconds (SMOKE's params) with one repetition, and writes its
-figures elsewhere: they prove the benchmarks still run, not how fast anything is.
+on a tiny pipeline (SMOKE's params) with one repetition, and writes its figures
+elsewhere: they prove the benchmarks still run, not how fast anything is.
 tests/test_benchmarks.py runs it, so a change that breaks a benchmark fails CI.
+Its cost is some twenty Python processes that each import torch, transformers
+and TRL (~4 s of CPU apiece), not the work they do.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -403,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     base = SMOKE if args.smoke else FULL
-    scale = Scale(**{**base.__dict__, "repeat": args.repeat or base.repeat})
+    scale = replace(base, repeat=args.repeat or base.repeat)
     ENV.update(scale.env)
     code = measured_code()  # before the copy, so it describes exactly the files copied
 
