@@ -100,7 +100,8 @@ def runs_from_exp_show(entries: list[dict[str, Any]], params_file: str = "params
     runs = []
     for commit in entries:
         for experiment in commit.get("experiments") or []:
-            if experiment.get("executor"):  # queued or still running: no metrics yet
+            executor = experiment.get("executor") or {}
+            if executor and executor.get("state") != "success":  # queued, running or failed: no final metrics
                 continue
             for rev in experiment.get("revs") or []:
                 data = rev.get("data") or {}

@@ -55,6 +55,24 @@ def test_commands_set_every_seed_key_and_refuse_a_seed_override():
         seeds.experiment_commands([0], ["sft.seed"], queue=False)
 
 
+def _experiment(name: str, state: str | None, accuracy: float) -> dict:
+    """One experiment as `dvc exp show --json` writes it; a queued run carries its executor's state."""
+    data = {"params": {"params.yaml": {"data": {"sft": {"seed": 0}}}},
+            "metrics": {"metrics/eval.json": {"data": {"sft": {"accuracy": accuracy}}}}}
+    return {"name": name, "executor": {"state": state, "name": "dvc-task"} if state else None,
+            "revs": [{"rev": "0" * 40, "name": name, "data": data, "error": None}]}
+
+
+def test_runs_are_the_finished_experiments_whether_run_now_or_from_the_queue():
+    shown = [{"rev": "workspace", "experiments": None},
+             {"rev": "a" * 40, "experiments": [
+                 _experiment("now", None, 0.1), _experiment("queued-done", "success", 0.2),
+                 _experiment("running", "running", 0.3), _experiment("queued", "queued", 0.4),
+                 _experiment("failed", "failed", 0.5)]}]
+    runs = seeds.runs_from_exp_show(shown)
+    assert [(r.name, r.metrics["metrics/eval.json:sft.accuracy"]) for r in runs] == [("now", 0.1), ("queued-done", 0.2)]
+
+
 STAGE = """\
 import json, pathlib
 from ruamel.yaml import YAML
