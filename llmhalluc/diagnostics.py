@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmhalluc import evaluation
 from llmhalluc.answers import normalize_answer
-from llmhalluc.backtrack import resolve_ids
+from llmhalluc.backtrack import render_error, resolve_ids
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.augment import nudge_number
 from llmhalluc.datasets.records import Record
@@ -164,15 +164,17 @@ class ProbeItem:
 
 
 def probe_item(record: Record, position: int, *, prompt: list[int], tokenize: Callable[[str], list[int]],
-               backtrack_id: int, seed: int) -> ProbeItem | None:
+               backtrack_id: int, seed: int, unit: str = "token") -> ProbeItem | None:
     """The probe's one statement of the backtrack unit: what the wrong prefix, its exact retraction and the
     repair target are. None when the step has no number to nudge.
 
-    Per-token unit (the original design, and train_sft's encoding): the steps are
+    As train_sft encodes (any unit): the steps are
     tokenized segment by segment as SFT saw them ("" before the first, " " before
     the others), the error is prepare's near miss of the gold step, and its exact
-    retraction is one backtrack per error token. A step-level unit replaces this
-    function alone. The near miss is seeded by (seed, record, position), so every
+    retraction follows the model's unit (`Retraction.render_error`): one backtrack per
+    error token for `token`, one backtrack for `step` and `retry` (the wrong step stays
+    before it; the unit's resolution drops it, so the repair target is the same).
+    The near miss is seeded by (seed, record, position), so every
     model is probed with the same errors.
     """
     steps = record.steps
@@ -184,7 +186,8 @@ def probe_item(record: Record, position: int, *, prompt: list[int], tokenize: Ca
     context = [t for index, step in enumerate(steps[:position]) for t in tokenize((" " if index else "") + step)]
     wrong = tokenize(separator + wrong_step)
     return ProbeItem(record=record, position=position, prompt=prompt, context=context,
-                     right=tokenize(separator + right_step), wrong=wrong, retraction=[backtrack_id] * len(wrong),
+                     right=tokenize(separator + right_step), wrong=wrong,
+                     retraction=render_error(unit, wrong, backtrack_id),
                      right_step=right_step, wrong_step=wrong_step)
 
 
@@ -401,9 +404,10 @@ def enabled(p: EvalParams) -> bool:
 
 
 def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, p: EvalParams,
-             score: Scorer) -> Diagnosis:
+             score: Scorer, unit: str = "token") -> Diagnosis:
     """The probe, own errors and the sampled eval for one loaded model, as eval.probe / own_errors / sampled
-    switch them. A model without a backtrack token (backtrack_id -1) has nothing to probe: sampled only."""
+    switch them. A model without a backtrack token (backtrack_id -1) has nothing to probe: sampled only.
+    unit is the model's retraction unit (the probe's retraction follows it; `score` must resolve by it)."""
     from llmhalluc.training import seed_everything
 
     metrics: dict[str, dict[str, Any]] = {}
@@ -421,7 +425,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
         items = [item for r in records[:p.probe.problems] for position in probe_positions(len(r.steps),
                                                                                           p.probe.positions)
                  if (item := probe_item(r, position, prompt=prompt(r), tokenize=tokenize,
-                                        backtrack_id=backtrack_id, seed=p.seed)) is not None]
+                                        backtrack_id=backtrack_id, seed=p.seed, unit=unit)) is not None]
         probe_rows = run_probe(model, tokenizer, items, backtrack_id=backtrack_id, batch_size=p.batch_size,
                                max_new_tokens=p.max_new_tokens, score=score)
         metrics["probe"] = summarize_probe(probe_rows)
