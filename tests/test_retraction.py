@@ -184,3 +184,32 @@ def test_an_unknown_unit_is_a_params_error(tmp_path: Path, params_text: str):
     assert result.returncode == 2, result.stderr
     assert "sft.backtrack.unit" in result.stderr and "'sentence'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_unit_flows_from_sft_through_grpo_and_merge_to_eval(tmp_path: Path, monkeypatch) -> None:
+    """prepare -> SFT (unit step) -> GRPO -> merge -> eval: each lineage records step, and rewards and eval
+    (its score and probe) resolve with a step Retraction, read from the model's lineage alone."""
+    import json
+
+    from llmhalluc import backtrack
+    from tests.tiny_project import run
+
+    seen: list[str] = []
+    real = backtrack.retraction_for
+
+    def spy(tokenizer, backtrack_id, lineage=None, unit=None):
+        made = real(tokenizer, backtrack_id, lineage, unit)
+        seen.append(made.unit)
+        return made
+
+    monkeypatch.setattr(backtrack, "retraction_for", spy)
+    monkeypatch.setattr("llmhalluc.rewards.retraction_for", spy)
+    run("prepare", "prepare", tmp_path, {"prepare.backtrack.error_rate": 0.5})
+    run("train_sft", "sft", tmp_path, {"sft.backtrack.unit": "step", "sft.max_steps": 2})
+    run("train_grpo", "grpo", tmp_path, {"grpo.max_steps": 1})
+    run("merge", "merge", tmp_path)
+    run("eval", "eval", tmp_path, {"eval.max_new_tokens": 16})
+    for stage in ("sft", "grpo", "merged"):
+        recorded = json.loads((tmp_path / "models" / stage / "lineage.json").read_text())
+        assert recorded["retraction"] == {"unit": "step"}, stage
+    assert seen and set(seen) == {"step"}  # SFT encoding, the rewards, the completions log and eval: all by step
