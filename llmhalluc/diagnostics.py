@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmhalluc import evaluation
 from llmhalluc.answers import normalize_answer
-from llmhalluc.backtrack import render_error, resolve_ids
+from llmhalluc.backtrack import render_error, retraction_for
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.augment import nudge_number
 from llmhalluc.datasets.records import Record
@@ -271,13 +271,15 @@ def summarize_probe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 _SENTENCE_BREAK = re.compile(r"(?<=\.)\s+")
 
 
-def step_ends(ids: Sequence[int], tokenizer: Any, backtrack_id: int) -> list[tuple[int, str]]:
+def step_ends(ids: Sequence[int], tokenizer: Any, backtrack_id: int, unit: str = "token") -> list[tuple[int, str]]:
     """(n, step) for each step the completion finishes: ids[:n] ends with the step's final '.', and step is
-    the last sentence of the backtrack-resolved text so far.
+    the last sentence of the backtrack-resolved text so far (resolved by the model's retraction unit, so a
+    step-unit model's retracted step is gone from it, as eval's score reads the completion).
 
     A '.' ends a step when what follows is nothing, a backtrack, or a token that
     starts with white space (so "2." of "2.5" does not).
     """
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
     ends = []
     for index, token in enumerate(ids):
         if token == backtrack_id or not tokenizer.decode([token]).endswith("."):
@@ -285,20 +287,20 @@ def step_ends(ids: Sequence[int], tokenizer: Any, backtrack_id: int) -> list[tup
         following = ids[index + 1] if index + 1 < len(ids) else None
         if following is not None and following != backtrack_id and not tokenizer.decode([following])[:1].isspace():
             continue
-        text = tokenizer.decode(resolve_ids(ids[:index + 1], backtrack_id), skip_special_tokens=True).strip()
+        text = tokenizer.decode(retraction.resolve(ids[:index + 1]), skip_special_tokens=True).strip()
         if text:
             ends.append((index + 1, _SENTENCE_BREAK.split(text)[-1]))
     return ends
 
 
 def own_error_rows(model: Any, tokenizer: Any, prompts: Sequence[list[int]], samples: Sequence[list[int]], *,
-                   backtrack_id: int, batch_size: int) -> list[list[dict[str, Any]]]:
+                   backtrack_id: int, batch_size: int, unit: str = "token") -> list[list[dict[str, Any]]]:
     """For each sample, one row per step whose arithmetic can be recomputed: right or wrong, P(backtrack)
     right after it (teacher-forced on the sample itself), and whether the sample retracts it (a backtrack
-    follows at once, as a per-token retraction must begin)."""
+    follows at once, as a retraction of every unit begins: per token, or the one of step / retry)."""
     checked = []
     for ids in samples:
-        checked.append([(n, step, verdict) for n, step in step_ends(ids, tokenizer, backtrack_id)
+        checked.append([(n, step, verdict) for n, step in step_ends(ids, tokenizer, backtrack_id, unit)
                         if (verdict := check_step(step)) is not None])
     stats = next_token_stats(model, [p + s for p, s in zip(prompts, samples, strict=True)],
                              [[len(p) + n for n, _, _ in steps] for p, steps in zip(prompts, checked, strict=True)],
@@ -445,7 +447,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
             metrics["sampled"] = summarize_samples(sample_rows, p.sampled.k)
         if p.own_errors.enabled and has_token:
             steps = own_error_rows(model, tokenizer, prompts, samples, backtrack_id=backtrack_id,
-                                   batch_size=p.batch_size)
+                                   batch_size=p.batch_size, unit=unit)
             for row, found in zip(sample_rows, steps, strict=True):
                 row["steps"] = found
             metrics["own_errors"] = summarize_own_errors(steps)

@@ -213,3 +213,21 @@ def test_the_unit_flows_from_sft_through_grpo_and_merge_to_eval(tmp_path: Path, 
         recorded = json.loads((tmp_path / "models" / stage / "lineage.json").read_text())
         assert recorded["retraction"] == {"unit": "step"}, stage
     assert seen and set(seen) == {"step"}  # SFT encoding, the rewards, the completions log and eval: all by step
+
+
+@pytest.mark.parametrize("name", ["tiny byte-level BPE", "SmolLM2"])
+def test_own_error_steps_are_read_from_the_unit_resolved_text(tokenizers, name: str):
+    from llmhalluc.diagnostics import step_ends
+
+    tokenizer = tokenizers[name]
+    bt = tokenizer.convert_tokens_to_ids(TOKEN)
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    ids = [*tokenize("2 + 3 = 6."), bt, *tokenize(" 2 + 3 = 5."), *tokenize(" 5 + 1.5 = 6.5.")]
+    # One step backtrack retracted "2 + 3 = 6.": the steps that follow read as written.
+    assert [step for _, step in step_ends(ids, tokenizer, bt, "step")] == ["2 + 3 = 6.", "2 + 3 = 5.",
+                                                                          "5 + 1.5 = 6.5."]
+    # Per token the same backtrack only deletes the ".", and the next step reads glued to the wrong one.
+    assert [step for _, step in step_ends(ids, tokenizer, bt, "token")][1] == "2 + 3 = 6 2 + 3 = 5."
