@@ -85,11 +85,21 @@ def test_resolve_render_is_clean_with_decimal_steps(tokenizers, name: str, unit:
     assert augmented.count(bt) == (sum(map(len, wrong)) if unit == "token" else len(errors))
 
 
+def _gsm8k_records() -> list:
+    import json
+
+    ctx = Context(entry="gsm8k", columns={}, prompt="{question}", abstain_answer="unanswerable")
+    lines = (ROOT / "tests" / "fixtures" / "gsm8k_sample.jsonl").read_text().splitlines()
+    return [CONVERTERS["gsm8k"](json.loads(line), i, ctx) for i, line in enumerate(lines)]
+
+
+@pytest.mark.parametrize("kind", ["plausible", "random"])
+@pytest.mark.parametrize("source", ["arithmetic", "gsm8k"])
 @pytest.mark.parametrize("unit", ["step", "retry"])
 @pytest.mark.parametrize("name", ["tiny byte-level BPE", "SmolLM2"])
-def test_resolve_render_is_clean_on_prepared_arithmetic(tokenizers, name: str, unit: str):
-    records = _arithmetic_records()
-    add_errors(records, BacktrackAugmentParams(error_rate=1.0, errors_per_example=2, error_kind="plausible"),
+def test_resolve_render_is_clean_on_prepared_records(tokenizers, name: str, unit: str, source: str, kind: str):
+    records = _arithmetic_records() if source == "arithmetic" else _gsm8k_records()
+    add_errors(records, BacktrackAugmentParams(error_rate=1.0, errors_per_example=2, error_kind=kind),
                random.Random(0))
     for record in records:
         augmented, clean, retraction = _render(tokenizers[name], unit, record.steps, record.answer_sentence(),
