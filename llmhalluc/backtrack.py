@@ -1,14 +1,38 @@
-"""The backtrack mechanism: one token that deletes the token before it.
+"""The backtrack mechanism: one token that retracts what came before it, by a unit recorded with the model.
 
-Resolution is defined on token ids, never on text: a backtrack deletes exactly
-one *token*, and only the ids know where token boundaries are.
+Resolution is defined on token ids, never on re-tokenised text: only the ids
+know where token boundaries are. What one backtrack retracts is the model's
+*retraction unit* (`sft.backtrack.unit`, recorded in models/sft/lineage.json as
+``"retraction": {"unit": ...}`` and read back by `unit_of`), so SFT encoding,
+GRPO rewards, eval and the diagnostics probe all resolve as the model was
+trained. The units:
+
+- ``token`` (the original design): one backtrack deletes the one token before
+  it; an error of N tokens is followed by N backtracks.
+- ``step``: one backtrack deletes the last *step*: it pops at least one token,
+  then keeps popping until the last kept token ends a step (see `Retraction.ends_step`)
+  or nothing is left. An error step is followed by ONE backtrack; the model is
+  meant to continue as if the step were gone.
+- ``retry`` (Physics of LMs 2.2 style): the encoding is the same (wrong step,
+  one backtrack, the right step) and so is the resolved text (the step the
+  backtrack follows is dropped); the unit promises instead that the model
+  *conditions on* its mistake: the wrong step stays in context and the next step
+  replaces it. Honestly: with a plain decoder both `step` and `retry` keep the
+  retracted ids in the attention context during generation (nothing is
+  physically removed from the KV cache), so today the two differ only in name
+  and in what a later generation-time implementation may do; they are kept
+  apart so that results are recorded under the unit the researcher meant.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_TOKEN = "<|backtrack|>"
+UNITS = ("token", "step", "retry")
+DEFAULT_UNIT = "token"  # a model without lineage, or whose lineage predates the unit, was trained per token
 
 
 def resolve_ids(ids: Sequence[int], backtrack_id: int) -> list[int]:
@@ -21,6 +45,134 @@ def resolve_ids(ids: Sequence[int], backtrack_id: int) -> list[int]:
         else:
             kept.append(token)
     return kept
+
+
+@dataclass
+class Retraction:
+    """What one backtrack retracts, as one object every consumer (rewards, eval, tracking, probe) resolves with.
+
+    `decode` turns ids into text (a tokenizer's decode); `step` and `retry` need
+    it to see step boundaries, `token` does not. Token texts are cached: the
+    boundary test decodes the same ids and pairs many times.
+    """
+
+    unit: str
+    backtrack_id: int
+    decode: Callable[[Sequence[int]], str] | None = None
+    _texts: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
+    _pairs: dict[tuple[int, int], bool] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise ValueError(f"retraction unit {self.unit!r}: must be one of {', '.join(UNITS)}")
+        if self.unit != "token" and self.decode is None:
+            raise ValueError(f"retraction unit {self.unit!r} needs a decode function to find step boundaries")
+
+    @property
+    def per_step(self) -> bool:
+        """Whether one backtrack retracts a whole step (step, retry) rather than one token."""
+        return self.unit != "token"
+
+    def text(self, token: int) -> str:
+        if token not in self._texts:
+            assert self.decode is not None
+            self._texts[token] = self.decode([token])
+        return self._texts[token]
+
+    def ends_step(self, kept: int, following: int) -> bool:
+        """Whether a step ends between the kept token and the token that followed it.
+
+        The rule: the kept token's text ends with a newline, or it ends with "."
+        AND the following token's text starts with whitespace. The whitespace
+        condition keeps decimals ("7.5": "." is followed by "5") and abbreviations
+        glued to their next word inside the step; train_sft puts a space before
+        every step but the first, so byte-level BPE (GPT-2 style, SmolLM2, the tiny
+        model) gives "." then " Next". The start of the completion is always a
+        boundary (resolution stops when nothing is left). A step that does not end
+        in "." or a newline is not a boundary: train_sft checks every encoded
+        example round-trips, so such data fails at encoding, not silently.
+        """
+        before = self.text(kept)
+        if before.endswith("\n"):
+            return True
+        if not before.endswith("."):
+            return False
+        if (kept, following) not in self._pairs:  # the pair decoded together: a metaspace (SentencePiece)
+            pair = self.decode([kept, following])  # decoder drops a lone token's leading space, not a pair's
+            self._pairs[kept, following] = pair[len(before):len(before) + 1].isspace()
+        return self._pairs[kept, following]
+
+    def retract(self, kept: list[int]) -> int:
+        """Apply one backtrack to the surviving ids in place; how many ids it removed (0 on an empty prefix)."""
+        if not kept:
+            return 0
+        if not self.per_step:
+            kept.pop()
+            return 1
+        removed = 0
+        while kept:
+            popped = kept.pop()
+            removed += 1
+            if kept and self.ends_step(kept[-1], popped):
+                break
+        return removed
+
+    def resolve(self, ids: Sequence[int]) -> list[int]:
+        """The completion as the model meant it: every backtrack applied by the unit."""
+        if not self.per_step:
+            return resolve_ids(ids, self.backtrack_id)
+        kept: list[int] = []
+        for token in ids:
+            if token == self.backtrack_id:
+                self.retract(kept)
+            else:
+                kept.append(token)
+        return kept
+
+    def render_error(self, error_ids: Sequence[int]) -> list[int]:
+        """The backtracks that retract exactly this error (see `render_error`)."""
+        return render_error(self.unit, error_ids, self.backtrack_id)
+
+
+def render_error(unit: str, error_ids: Sequence[int], backtrack_id: int) -> list[int]:
+    """The backtracks that retract exactly one error step: one per token (token), one for the step (step, retry).
+
+    A function of the unit alone (no tokenizer), so the probe states the retraction without decoding.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"retraction unit {unit!r}: must be one of {', '.join(UNITS)}")
+    return [backtrack_id] * (len(error_ids) if unit == "token" else 1)
+
+
+def unit_of(lineage: Mapping[str, Any] | None) -> str:
+    """The retraction unit a model was trained with: its own lineage's, else its nearest ancestor's, else token.
+
+    train_sft records it; train_grpo and merge copy it, and walking the parent
+    chain also covers a folder written before they did. A model without lineage
+    (a hub model) is `token`, the original design.
+    """
+    node = lineage
+    while node:
+        recorded = node.get("retraction")
+        if isinstance(recorded, Mapping) and recorded.get("unit") is not None:
+            unit = recorded["unit"]
+            if unit not in UNITS:
+                from llmhalluc.errors import DataError
+
+                raise DataError(f"lineage.json: retraction unit {unit!r} is not one of {', '.join(UNITS)}")
+            return str(unit)
+        parent = node.get("parent")
+        node = parent.get("lineage") if isinstance(parent, Mapping) else None
+    return DEFAULT_UNIT
+
+
+def retraction_for(tokenizer: Any, backtrack_id: int, lineage: Mapping[str, Any] | None = None,
+                   unit: str | None = None) -> Retraction:
+    """The Retraction of a model: its unit (given, else from its lineage) over its tokenizer's decode."""
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    return Retraction(unit or unit_of(lineage), backtrack_id, decode)
 
 
 def count_backtracks(ids: Sequence[int], backtrack_id: int) -> int:
@@ -40,29 +192,41 @@ def encode_example(
     end_ids: Sequence[int],
     *,
     mask_errors: bool,
+    retraction: Retraction | None = None,
 ) -> dict[str, list[int]]:
     """input_ids and labels for one SFT example, built segment by segment in token ids.
 
-    An error before step i becomes its own ids followed by exactly as many
-    backtrack ids, so the backtracks delete precisely the error whatever the
-    tokenizer. The prompt is never in the loss; with mask_errors the error ids
-    are not either (the backtracks and the corrections always are).
+    An error before step i becomes its own ids followed by the backtracks that
+    retract exactly it under the unit (`Retraction.render_error`: as many as its
+    tokens for `token`, one for `step` / `retry`), whatever the tokenizer. The
+    prompt is never in the loss; with mask_errors the error ids are not either
+    (the backtracks and the corrections always are). retraction None is the
+    token unit. For a per-step unit the step boundary depends on token texts, so
+    the example is checked: its resolved completion must equal the clean one,
+    else ValueError (the data's steps do not end where the unit can see).
     """
+    retraction = retraction or Retraction(DEFAULT_UNIT, backtrack_id)
     errors_at: dict[int, list[str]] = {}
     for step, text in errors:
         errors_at.setdefault(step, []).append(text)
     input_ids = list(prompt_ids)
     labels = [IGNORE_INDEX] * len(prompt_ids)
     segments = [*steps, answer_sentence]
+    clean: list[int] = []  # the completion without its errors: what resolution must give back
     for index, text in enumerate(segments):
         prefix = " " if index else ""
         for error in errors_at.get(index, []):
             error_ids = tokenize(prefix + error)
-            input_ids += error_ids + [backtrack_id] * len(error_ids)
-            labels += ([IGNORE_INDEX] * len(error_ids) if mask_errors else error_ids) + [backtrack_id] * len(error_ids)
+            backtracks = retraction.render_error(error_ids)
+            input_ids += error_ids + backtracks
+            labels += ([IGNORE_INDEX] * len(error_ids) if mask_errors else error_ids) + backtracks
         ids = tokenize(prefix + text)
+        clean += ids
         input_ids += ids
         labels += ids
+    if retraction.per_step and errors and retraction.resolve(input_ids[len(prompt_ids):]) != clean:
+        raise ValueError(f"a {retraction.unit}-unit backtrack does not retract exactly the error step here: each "
+                         "step must end in '.' or a newline and the next begin with a space (Retraction.ends_step)")
     input_ids += list(end_ids)
     labels += list(end_ids)
     return {"input_ids": input_ids, "labels": labels}

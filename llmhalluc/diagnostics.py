@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmhalluc import evaluation
 from llmhalluc.answers import normalize_answer
-from llmhalluc.backtrack import resolve_ids
+from llmhalluc.backtrack import render_error, retraction_for
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.augment import nudge_number
 from llmhalluc.datasets.records import Record
@@ -164,15 +164,17 @@ class ProbeItem:
 
 
 def probe_item(record: Record, position: int, *, prompt: list[int], tokenize: Callable[[str], list[int]],
-               backtrack_id: int, seed: int) -> ProbeItem | None:
+               backtrack_id: int, seed: int, unit: str = "token") -> ProbeItem | None:
     """The probe's one statement of the backtrack unit: what the wrong prefix, its exact retraction and the
     repair target are. None when the step has no number to nudge.
 
-    Per-token unit (the original design, and train_sft's encoding): the steps are
+    As train_sft encodes (any unit): the steps are
     tokenized segment by segment as SFT saw them ("" before the first, " " before
     the others), the error is prepare's near miss of the gold step, and its exact
-    retraction is one backtrack per error token. A step-level unit replaces this
-    function alone. The near miss is seeded by (seed, record, position), so every
+    retraction follows the model's unit (`Retraction.render_error`): one backtrack per
+    error token for `token`, one backtrack for `step` and `retry` (the wrong step stays
+    before it; the unit's resolution drops it, so the repair target is the same).
+    The near miss is seeded by (seed, record, position), so every
     model is probed with the same errors.
     """
     steps = record.steps
@@ -184,7 +186,8 @@ def probe_item(record: Record, position: int, *, prompt: list[int], tokenize: Ca
     context = [t for index, step in enumerate(steps[:position]) for t in tokenize((" " if index else "") + step)]
     wrong = tokenize(separator + wrong_step)
     return ProbeItem(record=record, position=position, prompt=prompt, context=context,
-                     right=tokenize(separator + right_step), wrong=wrong, retraction=[backtrack_id] * len(wrong),
+                     right=tokenize(separator + right_step), wrong=wrong,
+                     retraction=render_error(unit, wrong, backtrack_id),
                      right_step=right_step, wrong_step=wrong_step)
 
 
@@ -268,13 +271,15 @@ def summarize_probe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 _SENTENCE_BREAK = re.compile(r"(?<=\.)\s+")
 
 
-def step_ends(ids: Sequence[int], tokenizer: Any, backtrack_id: int) -> list[tuple[int, str]]:
+def step_ends(ids: Sequence[int], tokenizer: Any, backtrack_id: int, unit: str = "token") -> list[tuple[int, str]]:
     """(n, step) for each step the completion finishes: ids[:n] ends with the step's final '.', and step is
-    the last sentence of the backtrack-resolved text so far.
+    the last sentence of the backtrack-resolved text so far (resolved by the model's retraction unit, so a
+    step-unit model's retracted step is gone from it, as eval's score reads the completion).
 
     A '.' ends a step when what follows is nothing, a backtrack, or a token that
     starts with white space (so "2." of "2.5" does not).
     """
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
     ends = []
     for index, token in enumerate(ids):
         if token == backtrack_id or not tokenizer.decode([token]).endswith("."):
@@ -282,20 +287,20 @@ def step_ends(ids: Sequence[int], tokenizer: Any, backtrack_id: int) -> list[tup
         following = ids[index + 1] if index + 1 < len(ids) else None
         if following is not None and following != backtrack_id and not tokenizer.decode([following])[:1].isspace():
             continue
-        text = tokenizer.decode(resolve_ids(ids[:index + 1], backtrack_id), skip_special_tokens=True).strip()
+        text = tokenizer.decode(retraction.resolve(ids[:index + 1]), skip_special_tokens=True).strip()
         if text:
             ends.append((index + 1, _SENTENCE_BREAK.split(text)[-1]))
     return ends
 
 
 def own_error_rows(model: Any, tokenizer: Any, prompts: Sequence[list[int]], samples: Sequence[list[int]], *,
-                   backtrack_id: int, batch_size: int) -> list[list[dict[str, Any]]]:
+                   backtrack_id: int, batch_size: int, unit: str = "token") -> list[list[dict[str, Any]]]:
     """For each sample, one row per step whose arithmetic can be recomputed: right or wrong, P(backtrack)
     right after it (teacher-forced on the sample itself), and whether the sample retracts it (a backtrack
-    follows at once, as a per-token retraction must begin)."""
+    follows at once, as a retraction of every unit begins: per token, or the one of step / retry)."""
     checked = []
     for ids in samples:
-        checked.append([(n, step, verdict) for n, step in step_ends(ids, tokenizer, backtrack_id)
+        checked.append([(n, step, verdict) for n, step in step_ends(ids, tokenizer, backtrack_id, unit)
                         if (verdict := check_step(step)) is not None])
     stats = next_token_stats(model, [p + s for p, s in zip(prompts, samples, strict=True)],
                              [[len(p) + n for n, _, _ in steps] for p, steps in zip(prompts, checked, strict=True)],
@@ -401,9 +406,10 @@ def enabled(p: EvalParams) -> bool:
 
 
 def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, p: EvalParams,
-             score: Scorer) -> Diagnosis:
+             score: Scorer, unit: str = "token") -> Diagnosis:
     """The probe, own errors and the sampled eval for one loaded model, as eval.probe / own_errors / sampled
-    switch them. A model without a backtrack token (backtrack_id -1) has nothing to probe: sampled only."""
+    switch them. A model without a backtrack token (backtrack_id -1) has nothing to probe: sampled only.
+    unit is the model's retraction unit (the probe's retraction follows it; `score` must resolve by it)."""
     from llmhalluc.training import seed_everything
 
     metrics: dict[str, dict[str, Any]] = {}
@@ -421,7 +427,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
         items = [item for r in records[:p.probe.problems] for position in probe_positions(len(r.steps),
                                                                                           p.probe.positions)
                  if (item := probe_item(r, position, prompt=prompt(r), tokenize=tokenize,
-                                        backtrack_id=backtrack_id, seed=p.seed)) is not None]
+                                        backtrack_id=backtrack_id, seed=p.seed, unit=unit)) is not None]
         probe_rows = run_probe(model, tokenizer, items, backtrack_id=backtrack_id, batch_size=p.batch_size,
                                max_new_tokens=p.max_new_tokens, score=score)
         metrics["probe"] = summarize_probe(probe_rows)
@@ -441,7 +447,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
             metrics["sampled"] = summarize_samples(sample_rows, p.sampled.k)
         if p.own_errors.enabled and has_token:
             steps = own_error_rows(model, tokenizer, prompts, samples, backtrack_id=backtrack_id,
-                                   batch_size=p.batch_size)
+                                   batch_size=p.batch_size, unit=unit)
             for row, found in zip(sample_rows, steps, strict=True):
                 row["steps"] = found
             metrics["own_errors"] = summarize_own_errors(steps)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc.answers import extract_answer, normalize_answer
-from llmhalluc.backtrack import DEFAULT_TOKEN, count_backtracks, resolve_ids
+from llmhalluc.backtrack import DEFAULT_TOKEN, Retraction, count_backtracks
 from llmhalluc.errors import ParamsError
 from llmhalluc.lineage import base_location, read_lineage
 
@@ -185,9 +185,14 @@ def base_model(folder: str | Path) -> str:
 
 
 def score(ids: Sequence[int], *, gold: str, answerable: bool, tokenizer: Any, backtrack_id: int,
-          pattern: str, abstain: str) -> dict[str, Any]:
-    """One prediction row: raw and resolved text, answers, outcome and backtrack facts (see the module doc)."""
-    resolved = resolve_ids(ids, backtrack_id)
+          pattern: str, abstain: str, retraction: Retraction | None = None) -> dict[str, Any]:
+    """One prediction row: raw and resolved text, answers, outcome and backtrack facts (see the module doc).
+
+    retraction is the model's unit (backtrack.retraction_for its lineage; None: token), the same object
+    the GRPO rewards resolve with, so eval reads a completion exactly as training scored it. `backtracks`
+    stays the raw count of backtrack tokens whatever the unit.
+    """
+    resolved = (retraction or Retraction("token", backtrack_id)).resolve(ids)
     raw_text = tokenizer.decode(list(ids), skip_special_tokens=False)
     resolved_text = tokenizer.decode(resolved, skip_special_tokens=True)
     unresolved_text = tokenizer.decode([t for t in ids if t != backtrack_id], skip_special_tokens=True)

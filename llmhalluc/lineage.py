@@ -12,6 +12,8 @@ Layout (keys other stages rely on are marked *)::
     {"stage": "train_sft",
      "kind": "lora" | "full",                                  *
      "backtrack_token": "<|backtrack|>", "backtrack_id": 512,   *
+     "retraction": {"unit": "token" | "step" | "retry"},      *  (sft.backtrack.unit; grpo and merge copy it;
+                                    # read by backtrack.unit_of, absent = token)
      "vocab_rows": 513,             # rows of the embedding matrix the weights expect
      "base": {"name_or_path": "...", "path": "base" | null, "revision": "..." | null,   *
               "sha256": "..." (a local folder's files), "gguf": {"file": "...", "sha256": "..."} (a GGUF base)},

@@ -16,7 +16,9 @@ decodes `completions` with skip_special_tokens=True, so the backtrack token is
 gone from them and the deleted text is still there. Working on ids also makes
 plain and conversational completions the same case. What is scored is the
 *backtrack-resolved* completion's extracted final answer against the clean
-gold answer (DESIGN.md, fact 4).
+gold answer (DESIGN.md, fact 4), resolved by the retraction unit the model was
+trained with (train_grpo reads it from the start model's lineage; one
+`backtrack.Retraction` serves every reward, as it serves eval).
 
 This module stays import-light (no torch, no transformers): the params layer
 imports it to check reward names in well under 2 s.
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llmhalluc.answers import extract_answer, normalize_answer
-from llmhalluc.backtrack import resolve_ids
+from llmhalluc.backtrack import Retraction, retraction_for
 from llmhalluc.errors import DataError, ParamsError
 
 if TYPE_CHECKING:
@@ -46,15 +48,15 @@ class Decoder(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
 
 
-Factory = Callable[[Decoder, int, "RewardsParams"], RewardFn]
+Factory = Callable[[Decoder, Retraction, "RewardsParams"], RewardFn]
 REWARDS: dict[str, Factory] = {}
 
 
 def reward(name: str) -> Callable[[Factory], Factory]:
     """Register a reward factory under the name used in `grpo.reward_funcs`.
 
-    A factory gets (tokenizer, backtrack_id, options: the whole `grpo.rewards`
-    section) and returns the reward function. Each registered name has its own
+    A factory gets (tokenizer, retraction: the model's backtrack id and unit, options:
+    the whole `grpo.rewards` section) and returns the reward function. Each registered name has its own
     options section in RewardsParams (a test keeps the two in step).
     """
 
@@ -68,30 +70,34 @@ def reward(name: str) -> Callable[[Factory], Factory]:
 
 
 def build_rewards(
-    names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: RewardsParams | None = None
+    names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: RewardsParams | None = None,
+    *, unit: str = "token",
 ) -> list[RewardFn]:
     """The reward functions named in params, in order, each named as TRL will log it (`rewards/<name>/mean`).
 
-    options is the parsed `grpo.rewards` section (defaults when None). The params
+    options is the parsed `grpo.rewards` section (defaults when None); unit is the
+    retraction unit of the model being trained (backtrack.unit_of its lineage). The params
     layer has already refused unknown names; the check here is for callers that
     bypass it.
     """
     from llmhalluc.params.sections import RewardsParams
 
     options = options if options is not None else RewardsParams()
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
     functions = []
     for name in names:
         if name not in REWARDS:
             raise ParamsError(f"grpo.reward_funcs: no reward named {name!r}; registered: {', '.join(sorted(REWARDS))}")
-        fn = REWARDS[name](tokenizer, backtrack_id, options)
+        fn = REWARDS[name](tokenizer, retraction, options)
         fn.__name__ = fn.__qualname__ = name  # TRL names the reward's metrics after the function
         functions.append(fn)
     return functions
 
 
-def resolved_texts(tokenizer: Decoder, backtrack_id: int, completion_ids: Sequence[Sequence[int]]) -> list[str]:
-    """Each completion as the model meant it: backtracks applied, special tokens dropped."""
-    return [tokenizer.decode(resolve_ids(ids, backtrack_id), skip_special_tokens=True) for ids in completion_ids]
+def resolved_texts(tokenizer: Decoder, retraction: Retraction,
+                   completion_ids: Sequence[Sequence[int]]) -> list[str]:
+    """Each completion as the model meant it: backtracks applied by its unit, special tokens dropped."""
+    return [tokenizer.decode(retraction.resolve(ids), skip_special_tokens=True) for ids in completion_ids]
 
 
 # --------------------------------------------------------------------------- judging a final answer
@@ -160,7 +166,7 @@ def _log(columns: dict[str, Any], column: str, values: list) -> None:
 
 
 @reward("accuracy")
-def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+def accuracy(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
     """1.0 when the resolved completion's final answer equals the gold answer, else 0.0.
 
     The final answer is the last match of grpo.rewards.accuracy.answer_pattern,
@@ -173,7 +179,7 @@ def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> R
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
         golds = gold_answers(judge, "accuracy", len(completion_ids), columns)
-        texts = resolved_texts(tokenizer, backtrack_id, completion_ids)
+        texts = resolved_texts(tokenizer, retraction, completion_ids)
         answers = [judge.final(text, gold) for text, gold in zip(texts, golds, strict=True)]
         _log(columns, "extracted_answer", answers)
         return [float(got is not None and got == gold) for got, gold in zip(answers, golds, strict=True)]
@@ -185,7 +191,7 @@ def accuracy(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> R
 
 
 @reward("format")
-def answer_format(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+def answer_format(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
     """1.0 when the resolved completion ends with the trained answer sentence, else 0.0.
 
     The sentence is the last match of grpo.rewards.accuracy.answer_pattern,
@@ -207,7 +213,7 @@ def answer_format(tokenizer: Decoder, backtrack_id: int, options: RewardsParams)
         return tail == terminator or (not tail and text.endswith(terminator))
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
-        return [float(ends_with_answer(text)) for text in resolved_texts(tokenizer, backtrack_id, completion_ids)]
+        return [float(ends_with_answer(text)) for text in resolved_texts(tokenizer, retraction, completion_ids)]
 
     return score
 
@@ -223,10 +229,18 @@ class BacktrackRun:
     length: int  # backtrack tokens in the run
     deleted: tuple[int, ...]  # the ids it removed (fewer than length if it ran past the start)
     before: tuple[int, ...]  # the surviving ids just before the run
+    idle: bool = False  # one of its backtracks found nothing left to delete
 
 
-def backtrack_runs(ids: Sequence[int], backtrack_id: int) -> tuple[list[BacktrackRun], list[int]]:
-    """The runs of a completion, and its resolved ids (identical to backtrack.resolve_ids)."""
+def backtrack_runs(ids: Sequence[int], retraction: Retraction | int) -> tuple[list[BacktrackRun], list[int]]:
+    """The runs of a completion, and its resolved ids (identical to the unit's Retraction.resolve).
+
+    A bare backtrack id is the token unit. Each backtrack of a run retracts by the
+    unit (one token, or back to the previous step boundary), one after the other.
+    """
+    if not isinstance(retraction, Retraction):
+        retraction = Retraction("token", retraction)
+    backtrack_id = retraction.backtrack_id
     kept: list[int] = []
     runs: list[BacktrackRun] = []
     index = 0
@@ -239,9 +253,9 @@ def backtrack_runs(ids: Sequence[int], backtrack_id: int) -> tuple[list[Backtrac
         while end < len(ids) and ids[end] == backtrack_id:
             end += 1
         length = end - index
-        cut = max(len(kept) - length, 0)
-        runs.append(BacktrackRun(start=cut, length=length, deleted=tuple(kept[cut:]), before=tuple(kept)))
-        del kept[cut:]
+        before = tuple(kept)
+        idle = any(retraction.retract(kept) == 0 for _ in range(length))
+        runs.append(BacktrackRun(start=len(kept), length=length, deleted=before[len(kept):], before=before, idle=idle))
         index = end
     return runs, kept
 
@@ -260,7 +274,7 @@ class BacktrackScorer:
     """The backtrack table (see `backtrack_use`) for one completion at a time."""
 
     tokenizer: Decoder
-    backtrack_id: int
+    retraction: Retraction
     judge: AnswerJudge
     max_backtracks: int
     fix_reward: float
@@ -268,7 +282,7 @@ class BacktrackScorer:
 
     def verdict(self, ids: Sequence[int], gold: str | None) -> tuple[str, float]:
         """(table row, reward) of one completion."""
-        runs, resolved = backtrack_runs(ids, self.backtrack_id)
+        runs, resolved = backtrack_runs(ids, self.retraction)
         count = sum(run.length for run in runs)
         if count == 0:
             return NO_BACKTRACKS, 0.0
@@ -286,7 +300,7 @@ class BacktrackScorer:
 
     def deleted_correct(self, run: BacktrackRun, resolved: Sequence[int], gold: str | None) -> bool:
         """Whether a run removed text that was right, or nothing at all (see the table's notes)."""
-        if len(run.deleted) < run.length:  # backtracks past the start delete nothing
+        if run.idle:  # backtracks past the start delete nothing
             return True
         if tuple(resolved[run.start:run.start + len(run.deleted)]) == run.deleted:  # rewritten unchanged
             return True
@@ -295,7 +309,7 @@ class BacktrackScorer:
 
 
 @reward("backtrack")
-def backtrack_use(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
     """Shape backtrack use: reward a retraction that turned wrong text into a right answer, penalise waste.
 
     Scored per completion; the first matching row wins. n = backtrack tokens in
@@ -338,7 +352,7 @@ def backtrack_use(tokenizer: Decoder, backtrack_id: int, options: RewardsParams)
     """
     judge = AnswerJudge.from_options(options.accuracy)
     opts = options.backtrack
-    scorer = BacktrackScorer(tokenizer, backtrack_id, judge, opts.max_backtracks, opts.fix_reward, opts.penalty)
+    scorer = BacktrackScorer(tokenizer, retraction, judge, opts.max_backtracks, opts.fix_reward, opts.penalty)
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
         golds = gold_answers(judge, "backtrack", len(completion_ids), columns)
@@ -353,7 +367,7 @@ def backtrack_use(tokenizer: Decoder, backtrack_id: int, options: RewardsParams)
 
 
 @reward("length")
-def length_budget(tokenizer: Decoder, backtrack_id: int, options: RewardsParams) -> RewardFn:
+def length_budget(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
     """A soft penalty over a token budget: 0.0 up to max_tokens, then falling linearly to -penalty at twice it.
 
     Tokens are the raw completion's, backtracks and the end-of-turn token

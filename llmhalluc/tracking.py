@@ -131,16 +131,19 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
 RAW, RESOLVED, BACKTRACKS = "raw", "resolved", "backtracks"
 
 
-def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int) -> Any:
+def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit: str = "token") -> Any:
     """Wrap one reward function so each generation batch also logs what rewards cannot show.
 
     TRL hands reward functions `log_metric` (a scalar averaged per logging interval) and
     `log_extra` (a column of the completions log). Through them: backtracks per completion
     (mean, and the share of completions with at least one), and per completion the raw text
     with its backtracks visible (TRL's own text is decoded with skip_special_tokens) and the
-    backtrack-resolved text. The reward itself is returned unchanged, under the same name.
+    backtrack-resolved text (by the model's retraction unit, as the rewards resolve). The reward
+    itself is returned unchanged, under the same name.
     """
-    from llmhalluc.backtrack import count_backtracks, resolve_ids
+    from llmhalluc.backtrack import count_backtracks, retraction_for
+
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
 
     def observed(prompts, completions, completion_ids, log_extra=None, log_metric=None, **columns):
         counts = [count_backtracks(ids, backtrack_id) for ids in completion_ids]
@@ -149,7 +152,7 @@ def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int) -> An
             log_metric("backtracks/share_with_any", sum(c > 0 for c in counts) / len(counts))
         if log_extra is not None:
             log_extra(RAW, [tokenizer.decode(ids, skip_special_tokens=False) for ids in completion_ids])
-            log_extra(RESOLVED, [tokenizer.decode(resolve_ids(ids, backtrack_id), skip_special_tokens=True)
+            log_extra(RESOLVED, [tokenizer.decode(retraction.resolve(ids), skip_special_tokens=True)
                                  for ids in completion_ids])
             log_extra(BACKTRACKS, counts)
         return reward_fn(prompts=prompts, completions=completions, completion_ids=completion_ids,

@@ -109,6 +109,7 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
               abstain: str) -> tuple[list[dict], Diagnosis]:
     """One model: its scored greedy answers, then its diagnostics (while it is loaded: one model in memory)."""
     from llmhalluc import diagnostics, evaluation
+    from llmhalluc.backtrack import retraction_for, unit_of
 
     model, tokenizer = _load(p, path)
     backtrack_id = _backtrack_id(tokenizer, path)  # before generating: a broken folder fails fast
@@ -116,15 +117,20 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
     warn_if_cut(recorded, p.max_new_tokens, "eval.max_new_tokens", log=lambda m: print(f"eval: {name}: {m}"))
     completions = _generate(p, path, model, tokenizer, [r.prompt for r in records], sampling)
 
+    unit = unit_of(recorded)  # resolve as the model was trained to retract (token for a model without lineage)
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
+
     def score(ids: Sequence[int], record: Any) -> dict:
         return evaluation.score(ids, gold=record.answer, answerable=record.answerable, tokenizer=tokenizer,
-                                backtrack_id=backtrack_id, pattern=p.answer_pattern, abstain=abstain)
+                                backtrack_id=backtrack_id, pattern=p.answer_pattern, abstain=abstain,
+                                retraction=retraction)
 
     rows = [{"id": r.id, **score(ids, r)} for r, ids in zip(records, completions, strict=True)]
     diagnosis = diagnostics.Diagnosis({}, [], [])
     if diagnostics.enabled(p):
         model = model or _load(p, path, transformers=True)[0]
-        diagnosis = diagnostics.diagnose(model, tokenizer, records, backtrack_id=backtrack_id, p=p, score=score)
+        diagnosis = diagnostics.diagnose(model, tokenizer, records, backtrack_id=backtrack_id, p=p, score=score,
+                                         unit=unit)
     del model
     gc.collect()
     return rows, diagnosis

@@ -26,6 +26,7 @@ def main(section: Section) -> None:
     import torch
 
     from llmhalluc import lineage, models
+    from llmhalluc.backtrack import unit_of
 
     p = section.project
     source = Path(p.model_dir)
@@ -44,6 +45,7 @@ def main(section: Section) -> None:
             "stage": "merge", "kind": "full",
             "backtrack_token": upstream["backtrack_token"] if upstream else models.BACKTRACK_TOKEN,
             "backtrack_id": upstream.get("backtrack_id") if upstream else None,
+            "retraction": {"unit": unit_of(upstream)},  # eval resolves the merged model as it was trained
             "vocab_rows": model.get_input_embeddings().weight.shape[0],
             "base": _base_for(source, p.out_dir, upstream),
             "parent": {"path": str(source), "lineage": upstream},

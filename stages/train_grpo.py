@@ -32,6 +32,7 @@ def main(section: Section) -> None:
     from trl import GRPOTrainer
 
     from llmhalluc import checkpoints, lineage, models, tracking
+    from llmhalluc.backtrack import unit_of
     from llmhalluc.errors import DataError
     from llmhalluc.rewards import build_rewards
     from llmhalluc.training import lora_config, save_adapter, seed_everything, with_adapter
@@ -58,8 +59,9 @@ def main(section: Section) -> None:
     # Conversational prompts as TRL expects; ground truth reaches the rewards as columns.
     dataset = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable}
                                  for r in records])
-    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards)
-    rewards[0] = tracking.observe_completions(rewards[0], tokenizer, backtrack_id)
+    unit = unit_of(upstream)  # rewards resolve completions as the start model was trained to retract
+    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards, unit=unit)
+    rewards[0] = tracking.observe_completions(rewards[0], tokenizer, backtrack_id, unit=unit)
 
     if p.lora.enabled:
         model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
@@ -91,7 +93,7 @@ def main(section: Section) -> None:
             base["path"] = os.path.relpath(Path(start) / base["path"], p.model_dir)
         lineage.write_lineage(staging, {
             "stage": "train_grpo", "kind": "lora" if p.lora.enabled else "full",
-            "backtrack_token": token, "backtrack_id": backtrack_id,
+            "backtrack_token": token, "backtrack_id": backtrack_id, "retraction": {"unit": unit},
             "vocab_rows": (trainer.model.get_base_model() if p.lora.enabled else trainer.model)
             .get_input_embeddings().weight.shape[0],
             "base": base, "parent": {"path": start, "lineage": upstream}, "data": data,

@@ -14,8 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.backtrack import encode_example
+from llmhalluc.backtrack import encode_example, retraction_for
 from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.errors import DataError
 from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
 from llmhalluc.stage import run_stage, staged_output
@@ -67,7 +68,8 @@ def main(section: Section) -> None:
     end_of_turn = models.use_end_of_turn(model, tokenizer)  # targets end as the chat template ends a turn
 
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
-    examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors)
+    examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors,
+                                              unit=p.backtrack.unit)
     lengths = lineage.length_record(examples, prompt_lengths, config.max_length)  # GRPO and eval check against it
     if lengths["truncated_examples"]:
         print_once(f"warning: sft.max_length {config.max_length} cuts {lengths['truncated_examples']} of "
@@ -107,6 +109,7 @@ def main(section: Section) -> None:
         lineage.write_lineage(staging, {
             "stage": "train_sft", "kind": "lora" if p.lora.enabled else "full",
             "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
+            "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (backtrack.unit_of)
             "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
             "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
             **({"shards": shards} if shards else {}),
@@ -118,9 +121,13 @@ def main(section: Section) -> None:
     print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
 
 
-def encode_records(records, tokenizer, backtrack_id: int, *,
-                   mask_errors: bool) -> tuple[list[dict[str, list[int]]], list[int]]:
+def encode_records(records, tokenizer, backtrack_id: int, *, mask_errors: bool,
+                   unit: str = "token") -> tuple[list[dict[str, list[int]]], list[int]]:
     """input_ids + labels per record, in the chat template the model will be prompted with, and each prompt's length.
+
+    unit is the retraction unit (sft.backtrack.unit): how many backtracks follow an error, and
+    for step / retry a check that each example resolves to its clean completion (DataError naming
+    the record otherwise: training on data the unit cannot resolve would teach the wrong thing).
 
     The labels (-100 off the loss) are what SFTTrainer trains on: a `labels` column is used
     as is (tests/test_train_sft.py checks the collated batch).
@@ -130,14 +137,18 @@ def encode_records(records, tokenizer, backtrack_id: int, *,
     def tokenize(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
 
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
     examples, prompt_lengths = [], []
     for r in records:
         prompt_ids = tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True,
                                                    return_dict=False)
         prompt_lengths.append(len(prompt_ids))
-        examples.append(encode_example(prompt_ids, r.steps, r.answer_sentence(),
-                                       [(e.step, e.text) for e in r.errors], tokenize, backtrack_id,
-                                       end_ids, mask_errors=mask_errors))
+        try:
+            examples.append(encode_example(prompt_ids, r.steps, r.answer_sentence(),
+                                           [(e.step, e.text) for e in r.errors], tokenize, backtrack_id,
+                                           end_ids, mask_errors=mask_errors, retraction=retraction))
+        except ValueError as exc:
+            raise DataError(f"sft.backtrack.unit {unit}: record {r.id}: {exc}") from exc
     return examples, prompt_lengths
 
 

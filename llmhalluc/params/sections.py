@@ -110,6 +110,8 @@ class BacktrackTokenParams:
     token: str = param("<|backtrack|>", "text of the special token (reused if the tokenizer has it)")
     init: Literal["mean", "semantic", "description", "combined"] = param("mean", "how its embedding rows start")
     noise_std: float = param(0.01, "noise added to the initial rows, relative to the mean row norm")
+    unit: Literal["token", "step", "retry"] = param(
+        "token", "what one backtrack retracts: token | step | retry (llmhalluc.backtrack); recorded with the model")
 
 
 @dataclass
