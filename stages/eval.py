@@ -28,8 +28,9 @@ from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
 from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
 from llmhalluc.lineage import read_lineage, warn_if_cut
+from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import Section, resolved, write_resolved
-from llmhalluc.stage import run_stage, staged_output, write_atomically
+from llmhalluc.stage import run_stage
 
 if TYPE_CHECKING:
     from llmhalluc.diagnostics import Diagnosis

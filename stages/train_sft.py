@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from llmhalluc.backtrack import encode_example
 from llmhalluc.datasets.records import read_jsonl
 from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
+from llmhalluc.outputs import staged_output
 from llmhalluc.params import Section, resolved, trl_config, write_resolved
-from llmhalluc.stage import run_stage, staged_output
+from llmhalluc.stage import run_stage
 
 LIVE_DIR = Path("dvclive/train_sft")  # declared in dvc.yaml (metrics + plots)
 

@@ -12,15 +12,11 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from llmhalluc.errors import ParamsError
-from llmhalluc.params.schema import nearest
+from llmhalluc.params.schema import Section, nearest
 from llmhalluc.params.sections import BUILTIN_TINY
 from llmhalluc.rewards import REWARDS
-
-if TYPE_CHECKING:
-    from llmhalluc.params.loader import Section
 
 Problems = list[str]
 
