@@ -15,9 +15,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +24,7 @@ import torch
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.lineage import base_location, read_lineage
 from llmhalluc.params.sections import BUILTIN_TINY  # noqa: F401  (re-exported: models own the name)
+from llmhalluc.trl_compat import peft_spelling_quiet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -517,16 +516,6 @@ def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedMo
     if rows and model.get_input_embeddings().weight.shape[0] != rows:
         model.resize_token_embeddings(rows, mean_resizing=False)
     return model
-
-
-@contextmanager
-def peft_spelling_quiet() -> Iterator[None]:
-    """Silence the one FutureWarning peft 0.21 causes by reading transformers 5's deprecated
-    ``is_gradient_checkpointing`` whenever it wraps a model: it fires on every run, no setting of
-    ours avoids it, and it would bury the warnings that matter. Nothing else is filtered."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
 
 
 def load_adapter_stack(folder: str | Path, lineage: dict, *, merge: bool = True, **options):
