@@ -18,6 +18,7 @@ from pathlib import Path
 # temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.outputs import staged_output
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage
@@ -43,7 +44,7 @@ def main(section: Section) -> None:
         write_resolved(params, staging)
         merged = {
             "stage": "merge", "kind": "full",
-            "backtrack_token": upstream["backtrack_token"] if upstream else models.BACKTRACK_TOKEN,
+            "backtrack_token": upstream["backtrack_token"] if upstream else DEFAULT_TOKEN,
             "backtrack_id": upstream.get("backtrack_id") if upstream else None,
             "vocab_rows": model.get_input_embeddings().weight.shape[0],
             "base": _base_for(source, p.out_dir, upstream),

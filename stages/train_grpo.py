@@ -21,6 +21,7 @@ from pathlib import Path
 # temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.datasets.records import read_jsonl
 from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
 from llmhalluc.outputs import staged_output
@@ -51,7 +52,7 @@ def main(section: Section) -> None:
     upstream = lineage.read_lineage(start) if Path(start).is_dir() else None
     model, tokenizer = models.load_model_and_tokenizer(start, dtype=p.dtype,
                                                        trust_remote_code=config.trust_remote_code)
-    token = upstream["backtrack_token"] if upstream else models.BACKTRACK_TOKEN
+    token = upstream["backtrack_token"] if upstream else DEFAULT_TOKEN
     backtrack_id = tokenizer.convert_tokens_to_ids(token)
     if backtrack_id is None or backtrack_id == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
         raise DataError(f"{start}: the tokenizer has no {token!r} token; start GRPO from the SFT stage's out")
