@@ -1,6 +1,7 @@
-"""What both trainers share: seeding, the LoRA config, and one resumable `fit`.
+"""What both trainers share before training: seeding, the LoRA config, the adapter and how it is saved.
 
-Kept apart from the stage scripts so SFT and GRPO build adapters, resume and log the same way.
+Kept apart from the stage scripts so SFT and GRPO build adapters the same way; the resumable fit
+and the publishing of the trained model are in llmhalluc/trainers.py.
 """
 
 from __future__ import annotations
