@@ -44,6 +44,17 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _DECORATION = " \t*_`'\"()[]{}"  # markdown emphasis, quotes and brackets around an answer
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be an answer pattern (not a regex, or no group 1 for the answer), or None."""
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        return f"not a valid regular expression: {exc}"
+    if groups < 1:
+        return "needs a capture group: group 1 is the final answer, e.g. 'The answer is (-?[\\d,]*\\.?\\d+)'"
+    return None
+
+
 def extract_answer(text: str, pattern: str = DEFAULT_PATTERN) -> str | None:
     """The last match of pattern's group 1 (the whole match if it has no group); else the last number; else None.
 

@@ -41,7 +41,7 @@ class DataError(UserError):
 class OutputError(UserError):
     """The outs could not be written: disk full, file too large, no permission, read-only filesystem.
 
-    Exit code 4. Raised by llmhalluc.stage.staged_output after it removed its
+    Exit code 4. Raised by llmhalluc.outputs.staged_output after it removed its
     staging folder, so the previous outs are still in place and whole; the
     message names the out, the file and the operating system's reason.
     """

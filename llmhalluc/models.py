@@ -15,24 +15,24 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import typing
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.lineage import base_location, read_lineage
-from llmhalluc.params.sections import BUILTIN_TINY  # noqa: F401  (re-exported: models own the name)
+from llmhalluc.params.sections import Dtype, TinyModelParams
+from llmhalluc.trl_compat import peft_spelling_quiet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 BUILTIN_PREFIX = "builtin:"
 
-BACKTRACK_TOKEN = "<|backtrack|>"
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -111,13 +111,13 @@ def build_tiny_model(
     save_dir: str | Path,
     corpus: Iterable[str],
     *,
-    vocab_size: int = 512,
-    hidden_size: int = 128,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    intermediate_size: int = 256,
+    vocab_size: int = TinyModelParams.vocab_size,
+    hidden_size: int = TinyModelParams.hidden_size,
+    num_layers: int = TinyModelParams.num_layers,
+    num_heads: int = TinyModelParams.num_heads,
+    intermediate_size: int = TinyModelParams.intermediate_size,
     max_position_embeddings: int = 512,
-    seed: int = 0,
+    seed: int = TinyModelParams.seed,
     extra_special_tokens: Sequence[str] = (),
 ) -> Path:
     """Train a tokenizer on ``corpus``, build a random Qwen2 model, and save both like a hub checkpoint.
@@ -295,7 +295,7 @@ def combined_init(embedding_matrix: torch.Tensor, tokenizer: PreTrainedTokenizer
 def add_backtrack_token(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    token: str = BACKTRACK_TOKEN,
+    token: str = DEFAULT_TOKEN,
     strategy: str = "mean",
     noise_std: float = 0.01,
     seed: int = 0,
@@ -354,7 +354,7 @@ def add_backtrack_token(
 
 # --------------------------------------------------------------------------- loading
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {name: getattr(torch, name) for name in typing.get_args(Dtype)}  # the params names, as torch dtypes
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -519,16 +519,6 @@ def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedMo
     return model
 
 
-@contextmanager
-def peft_spelling_quiet() -> Iterator[None]:
-    """Silence the one FutureWarning peft 0.21 causes by reading transformers 5's deprecated
-    ``is_gradient_checkpointing`` whenever it wraps a model: it fires on every run, no setting of
-    ours avoids it, and it would bury the warnings that matter. Nothing else is filtered."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
-
-
 def load_adapter_stack(folder: str | Path, lineage: dict, *, merge: bool = True, **options):
     """Parent model + this folder's adapter; merged into plain weights unless ``merge=False`` (a PeftModel)."""
     from peft import PeftModel
@@ -554,8 +544,3 @@ def refuse_quantised(model: PreTrainedModel, where: str) -> None:
             f"{where}: the model an adapter is merged into is quantised ({method}); merging into quantised "
             "weights loses the update. Train on (or point the lineage at) full-precision base weights."
         )
-
-
-def is_adapter_folder(folder: str | Path) -> bool:
-    lineage = read_lineage(folder) if Path(folder).is_dir() else None
-    return lineage is not None and lineage["kind"] == "lora"

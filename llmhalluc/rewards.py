@@ -16,9 +16,9 @@ decodes `completions` with skip_special_tokens=True, so the backtrack token is
 gone from them and the deleted text is still there. Working on ids also makes
 plain and conversational completions the same case. What is scored is the
 *backtrack-resolved* completion's extracted final answer against the clean
-gold answer (DESIGN.md, fact 4), resolved by the retraction unit the model was
-trained with (train_grpo reads it from the start model's lineage; one
-`backtrack.Retraction` serves every reward, as it serves eval).
+gold answer (scoring raw strings that still hold backtracks, as the original research code did, is wrong),
+resolved by the retraction unit the model was trained with (train_grpo reads it from the start model's
+lineage; one `backtrack.Retraction` serves every reward, as it serves eval).
 
 This module stays import-light (no torch, no transformers): the params layer
 imports it to check reward names in well under 2 s.

@@ -27,6 +27,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 
+from llmhalluc.trl_compat import completions_log, skip_dvclive_setup
+
 #: Log keys that measure the machine, not the run: they would make two identical runs differ.
 _WALL_CLOCK = re.compile(r"(runtime|per_second|step_time|_flos$|^total_flos$|^time/)")
 #: Kept in the summary only: the mean loss of the run is not a point of the curve. The rest of the
@@ -56,9 +58,7 @@ class TrainerLive(DVCLiveCallback):
         super().__init__(live=live, log_model=False)
 
     def setup(self, args, state, model) -> None:
-        # The parent also logs every TrainingArguments field to <dir>/params.yaml; the stage already
-        # writes the resolved params into its out, and a second copy would only drift.
-        self._initialized = True
+        skip_dvclive_setup(self)  # no second copy of the params beside the curves
 
     def on_log(self, args, state, control, model=None, logs=None, **kwargs) -> None:
         if not state.is_world_process_zero or not logs:
@@ -166,7 +166,7 @@ class CompletionsTable(TrainerCallback):
     """At each logging step, the last generation batch as a table: `<dir>/step_<N>.json`.
 
     Rows: prompt (last user turn), raw and resolved completion, backtracks, one column per
-    reward, advantage. Read from the trainer's completions log (`GRPOTrainer._logs`, what
+    reward, advantage. Read from the trainer's completions log (trl_compat.completions_log, what
     TRL's own `log_completions` prints), which `observe_completions` extends.
     """
 
@@ -178,7 +178,7 @@ class CompletionsTable(TrainerCallback):
                 old.unlink()
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
-        logs_of = getattr(self.trainer, "_logs", None)
+        logs_of = completions_log(self.trainer)
         if not state.is_world_process_zero or not logs_of or not logs_of["prompt"]:
             return
         extra, rewards = logs_of["extra"], logs_of["rewards"]

@@ -1,6 +1,7 @@
-"""What both trainers share: seeding, the LoRA config, and one resumable `fit`.
+"""What both trainers share before training: seeding, the LoRA config, the adapter and how it is saved.
 
-Kept apart from the stage scripts so SFT and GRPO build adapters, resume and log the same way.
+Kept apart from the stage scripts so SFT and GRPO build adapters the same way; the resumable fit
+and the publishing of the trained model are in llmhalluc/trainers.py.
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmhalluc.models import peft_spelling_quiet
 from llmhalluc.params.sections import LoraParams
+from llmhalluc.trl_compat import expose_head_bias, peft_spelling_quiet
 
 
 def seed_everything(seed: int) -> None:
@@ -81,25 +82,11 @@ def _checkpoints_save_adapter_only(peft_model: Any) -> None:
 
 
 def with_adapter(model: Any, config: Any) -> Any:
-    """Wrap `model` in a trainable peft model, ready for TRL's fused LM head.
-
-    TRL 1.16 computes log-probabilities from `lm_head.weight` and `lm_head.bias` directly
-    (no full logits). peft's trainable-tokens wrapper around the head already answers
-    `.weight` with the merged weight (base rows + the trained backtrack row, so gradients
-    reach the new row) but has no `.bias`; the head's bias is passed through here. A head
-    *with* a bias is refused: its bias row for the new token would not be trained.
-    """
+    """Wrap `model` in a trainable peft model, ready for TRL's fused LM head (trl_compat.expose_head_bias)."""
     from peft import get_peft_model
-    from peft.utils.other import TrainableTokensWrapper
 
     with peft_spelling_quiet():
         peft_model = get_peft_model(model, config)
     _checkpoints_save_adapter_only(peft_model)
-    head = peft_model.get_base_model().get_output_embeddings()
-    if isinstance(head, TrainableTokensWrapper):
-        bias = head.original_module.bias
-        if bias is not None:
-            raise NotImplementedError("the output head has a bias; training the backtrack token's bias entry "
-                                      "with LoRA is not supported (train full weights: lora.enabled: false)")
-        head.bias = None
+    expose_head_bias(peft_model)
     return peft_model

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
+# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.answers import DEFAULT_ABSTAIN
@@ -28,8 +30,9 @@ from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
 from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
 from llmhalluc.lineage import read_lineage, warn_if_cut
+from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import Section, resolved, write_resolved
-from llmhalluc.stage import run_stage, staged_output, write_atomically
+from llmhalluc.stage import run_stage
 
 if TYPE_CHECKING:
     from llmhalluc.diagnostics import Diagnosis

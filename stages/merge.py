@@ -14,12 +14,14 @@ import os
 import sys
 from pathlib import Path
 
+# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
+# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llmhalluc.backtrack import DEFAULT_TOKEN
+from llmhalluc.outputs import staged_output
 from llmhalluc.params import Section, resolved, write_resolved
-from llmhalluc.stage import run_stage, staged_output
-
-EVAL_METRICS = Path("metrics/eval.json")  # eval's summary from its last run, if any (embedded in the card)
+from llmhalluc.stage import run_stage
 
 
 def main(section: Section) -> None:
@@ -43,7 +45,7 @@ def main(section: Section) -> None:
         write_resolved(params, staging)
         merged = {
             "stage": "merge", "kind": "full",
-            "backtrack_token": upstream["backtrack_token"] if upstream else models.BACKTRACK_TOKEN,
+            "backtrack_token": upstream["backtrack_token"] if upstream else DEFAULT_TOKEN,
             "backtrack_id": upstream.get("backtrack_id") if upstream else None,
             "retraction": {"unit": unit_of(upstream)},  # eval resolves the merged model as it was trained
             "vocab_rows": model.get_input_embeddings().weight.shape[0],
@@ -53,7 +55,7 @@ def main(section: Section) -> None:
             **lineage.git_state(), "params": params,
         }
         lineage.write_lineage(staging, merged)
-        (staging / "README.md").write_text(model_card(merged, _eval_metrics()), encoding="utf-8")
+        (staging / "README.md").write_text(model_card(merged), encoding="utf-8")
     kinds = " -> ".join(f"{node['stage']} ({node['kind']})" for node in lineage.chain(merged))
     print(f"merge: {kinds} -> {p.out_dir} ({p.dtype})")
 
@@ -68,14 +70,7 @@ def _base_for(source: Path, out_dir: str, upstream: dict | None) -> dict:
     return base
 
 
-def _eval_metrics() -> dict | None:
-    try:
-        return json.loads(EVAL_METRICS.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def model_card(merged: dict, eval_metrics: dict | None) -> str:
+def model_card(merged: dict) -> str:
     """README.md: what the model is, how to load it, and exactly how it was built."""
     from llmhalluc.lineage import chain, hub_id
 
@@ -109,13 +104,10 @@ def model_card(merged: dict, eval_metrics: dict | None) -> str:
             f"`{data.get('sha256', 'n/a')}`; git commit `{node.get('git_commit')}`"
             + (" (uncommitted changes)" if node.get("git_dirty") else "")
         )
-    lines += ["", "## Evaluation", ""]
-    if eval_metrics is None:
-        lines.append("No eval metrics were present when this model was merged (run `dvc repro eval`).")
-    else:
-        lines += ["From `metrics/eval.json` as it was at merge time (the last `eval` run; it may predate this",
-                  "model: check `dvc metrics show` for the current values).", "", "```json",
-                  json.dumps(eval_metrics, indent=2, sort_keys=True), "```"]
+    # No metrics here: eval runs after merge, so its metrics/eval.json is a later stage's out. Reading it
+    # made this out depend on an undeclared, possibly stale file (a DAG cycle if it were declared).
+    lines += ["", "## Evaluation", "",
+              "The `eval` stage runs on this folder after it is written: see `dvc metrics show` (metrics/eval.json)."]
     lines += ["", "## Resolved params of every stage", ""]
     for node in nodes:
         lines += [f"### {node['stage']}", "", "```json", json.dumps(node.get("params"), indent=2, sort_keys=True),

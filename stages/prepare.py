@@ -11,14 +11,17 @@ import json
 import sys
 from pathlib import Path
 
+# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
+# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.records import chat_prompt, write_jsonl, write_meta
 from llmhalluc.datasets.registry import load_registry
 from llmhalluc.datasets.splits import Drops, entry_rng, load_entry, split
+from llmhalluc.outputs import staged_output
 from llmhalluc.params import Section, resolved, write_resolved
-from llmhalluc.stage import run_stage, staged_output
+from llmhalluc.stage import run_stage
 
 METRICS = Path("metrics/prepare.json")
 

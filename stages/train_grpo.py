@@ -17,12 +17,15 @@ import os
 import sys
 from pathlib import Path
 
+# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
+# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.datasets.records import read_jsonl
-from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
-from llmhalluc.params import Section, resolved, trl_config, write_resolved
-from llmhalluc.stage import run_stage, staged_output
+from llmhalluc.launcher import print_once
+from llmhalluc.params import Section, resolved, trl_config
+from llmhalluc.stage import run_stage
 
 LIVE_DIR = Path("dvclive/train_grpo")  # declared in dvc.yaml (metrics + plots + completions tables)
 
@@ -31,11 +34,12 @@ def main(section: Section) -> None:
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from llmhalluc import checkpoints, lineage, models, tracking
+    from llmhalluc import lineage, models, tracking
     from llmhalluc.backtrack import unit_of
     from llmhalluc.errors import DataError
     from llmhalluc.rewards import build_rewards
-    from llmhalluc.training import lora_config, save_adapter, seed_everything, with_adapter
+    from llmhalluc.trainers import fit, publish
+    from llmhalluc.training import lora_config, seed_everything, with_adapter
 
     p = section.project
     config = trl_config(section)
@@ -49,7 +53,7 @@ def main(section: Section) -> None:
     upstream = lineage.read_lineage(start) if Path(start).is_dir() else None
     model, tokenizer = models.load_model_and_tokenizer(start, dtype=p.dtype,
                                                        trust_remote_code=config.trust_remote_code)
-    token = upstream["backtrack_token"] if upstream else models.BACKTRACK_TOKEN
+    token = upstream["backtrack_token"] if upstream else DEFAULT_TOKEN
     backtrack_id = tokenizer.convert_tokens_to_ids(token)
     if backtrack_id is None or backtrack_id == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
         raise DataError(f"{start}: the tokenizer has no {token!r} token; start GRPO from the SFT stage's out")
@@ -68,40 +72,18 @@ def main(section: Section) -> None:
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                           processing_class=tokenizer)
     data = lineage.data_record(data_file)
-    run = checkpoints.fingerprint(params, {"data": data["sha256"], "start": _model_hash(start)})
-    with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
-        last = checkpoints.resume_point(config.output_dir, run, log=print_once)
-    resume_step = tracking.checkpoint_step(last)
-    tracking.attach(trainer, LIVE_DIR, resume_step=resume_step)
-    if is_main_process():
-        trainer.add_callback(tracking.CompletionsTable(trainer, LIVE_DIR / "completions", resume_step=resume_step))
-    announce_shard(trainer, "train_grpo")
-    result = trainer.train(resume_from_checkpoint=last)
-    shards = collect_shards(trainer)  # under N processes: each rank's first batch
+    result, shards = fit(trainer, config, params, {"data": data["sha256"], "start": _model_hash(start)}, LIVE_DIR,
+                         "train_grpo", completions=LIVE_DIR / "completions")
 
-    with staged_output(p.model_dir) as staging:
-        if p.lora.enabled:
-            trainer.model.peft_config["default"].base_model_name_or_path = start
-            save_adapter(trainer.model, staging)
-        else:  # save_model gathers ZeRO-3 / FSDP shards onto rank 0 before writing
-            trainer.save_model(str(staging))
-            (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved params say it all
-        tokenizer.save_pretrained(staging)
-        write_resolved(params, staging)
-        base = dict(upstream["base"]) if upstream else lineage.base_record(start)
-        if upstream and base.get("path"):  # re-point the base copy from models/sft's folder to this one
-            base["path"] = os.path.relpath(Path(start) / base["path"], p.model_dir)
-        lineage.write_lineage(staging, {
-            "stage": "train_grpo", "kind": "lora" if p.lora.enabled else "full",
-            "backtrack_token": token, "backtrack_id": backtrack_id, "retraction": {"unit": unit},
-            "vocab_rows": (trainer.model.get_base_model() if p.lora.enabled else trainer.model)
-            .get_input_embeddings().weight.shape[0],
-            "base": base, "parent": {"path": start, "lineage": upstream}, "data": data,
-            **lineage.git_state(), "params": params,
-            **({"shards": shards} if shards else {}),
-        })
-    if is_main_process():
-        checkpoints.clean(config.output_dir)
+    base = dict(upstream["base"]) if upstream else lineage.base_record(start)
+    if upstream and base.get("path"):  # re-point the base copy from models/sft's folder to this one
+        base["path"] = os.path.relpath(Path(start) / base["path"], p.model_dir)
+    publish(trainer, tokenizer, config, params, p.model_dir, "train_grpo", lora=p.lora.enabled, adapter_base=start,
+            shards=shards, record={
+                "backtrack_token": token, "backtrack_id": backtrack_id, "retraction": {"unit": unit},
+                "vocab_rows": (trainer.model.get_base_model() if p.lora.enabled else trainer.model)
+                .get_input_embeddings().weight.shape[0],
+                "base": base, "parent": {"path": start, "lineage": upstream}, "data": data})
     print(f"train_grpo: {result.global_step} steps, {config.num_generations} generations per prompt, "
           f"max_completion_length {config.max_completion_length} -> {p.model_dir}")
 

@@ -12,14 +12,16 @@ import shutil
 import sys
 from pathlib import Path
 
+# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
+# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import encode_example, retraction_for
 from llmhalluc.datasets.records import read_jsonl
 from llmhalluc.errors import DataError
-from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
-from llmhalluc.params import Section, resolved, trl_config, write_resolved
-from llmhalluc.stage import run_stage, staged_output
+from llmhalluc.launcher import is_main_process, print_once
+from llmhalluc.params import Section, resolved, trl_config
+from llmhalluc.stage import run_stage
 
 LIVE_DIR = Path("dvclive/train_sft")  # declared in dvc.yaml (metrics + plots)
 
@@ -28,8 +30,9 @@ def main(section: Section) -> None:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from llmhalluc import checkpoints, lineage, models, tracking
-    from llmhalluc.training import lora_config, save_adapter, seed_everything, with_adapter
+    from llmhalluc import lineage, models
+    from llmhalluc.trainers import fit, publish
+    from llmhalluc.training import lora_config, seed_everything, with_adapter
 
     p = section.project
     config = trl_config(section)
@@ -84,40 +87,20 @@ def main(section: Section) -> None:
     base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None, loaded_from=name,
                                gguf=gguf)
     data = lineage.data_record(data_file)
-    run = checkpoints.fingerprint(params, {"data": data["sha256"], "base": base})
-    with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
-        last = checkpoints.resume_point(config.output_dir, run, log=print_once)
-    tracking.attach(trainer, LIVE_DIR, resume_step=tracking.checkpoint_step(last),
-                    summary={"data": {**lengths, "examples": len(examples)}})  # truncation in dvc metrics show
-    announce_shard(trainer, "train_sft")
-    result = trainer.train(resume_from_checkpoint=last)
-    shards = collect_shards(trainer)  # under N processes: each rank's first batch
+    result, shards = fit(trainer, config, params, {"data": data["sha256"], "base": base}, LIVE_DIR, "train_sft",
+                         summary={"data": {**lengths, "examples": len(examples)}})  # truncation in dvc metrics show
 
-    with staged_output(p.model_dir) as staging:
-        if p.lora.enabled:  # the adapter names its base as a user would load it from the repository root
-            # (never a cache folder of this machine: a GGUF base is named as params name it, lineage has the rest)
-            trainer.model.peft_config["default"].base_model_name_or_path = (
-                str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path)
-            save_adapter(trainer.model, staging)
-        else:  # save_model gathers ZeRO-3 / FSDP shards onto rank 0 before writing
-            trainer.save_model(str(staging))
-            (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the resolved params say it all
-        tokenizer.save_pretrained(staging)
-        if base_dir:
-            shutil.copytree(base_dir, staging / "base")
-        write_resolved(params, staging)
-        lineage.write_lineage(staging, {
-            "stage": "train_sft", "kind": "lora" if p.lora.enabled else "full",
-            "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
-            "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (backtrack.unit_of)
-            "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
-            "base": base, "parent": None, "data": data, **lineage.git_state(), "params": params,
-            **({"shards": shards} if shards else {}),
-        })
-    if is_main_process():
-        checkpoints.clean(config.output_dir)
-        if base_dir:
-            shutil.rmtree(base_dir)
+    # A LoRA adapter names its base as a user would load it from the repository root (never a cache
+    # folder of this machine: a GGUF base is named as params name it, lineage has the rest).
+    publish(trainer, tokenizer, config, params, p.model_dir, "train_sft", lora=p.lora.enabled,
+            adapter_base=str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path,
+            extra={"base": base_dir} if base_dir else None, shards=shards, record={
+                "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
+                "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (unit_of)
+                "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
+                "base": base, "parent": None, "data": data})
+    if is_main_process() and base_dir:
+        shutil.rmtree(base_dir)
     print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
 
 

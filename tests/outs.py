@@ -41,7 +41,7 @@ def tree(root: Path) -> dict[str, bytes | None]:
 
 
 def stray_staging(root: Path) -> list[str]:
-    """Leftovers of llmhalluc.stage.staged_output: `.name.XXXX.tmp` staging folders and `.name.old` swaps."""
+    """Leftovers of llmhalluc.outputs.staged_output: `.name.XXXX.tmp` staging folders and `.name.old` swaps."""
     return sorted(str(p.relative_to(root)) for p in root.rglob(".*") if p.name.endswith((".tmp", ".old")))
 
 

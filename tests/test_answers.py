@@ -149,3 +149,17 @@ def test_a_number_with_its_unit_is_wrong_only_against_a_text_gold():
     assert normalize_answer("53 minutes", gold="53") == "53"
     assert normalize_answer("53 minutes") == "53 minutes"  # no gold, or a text gold: SQuAD's text form
     assert stated_number("3 * 6 = 18 dollars") == "18" and stated_number("1/2") is None
+
+
+def test_the_answer_sentence_sft_trains_on_is_what_the_params_patterns_extract():
+    """The sentence (records.answer_sentence) and the patterns (params.yaml) are two facts that must agree."""
+    from pathlib import Path
+
+    import yaml
+
+    from llmhalluc.datasets.records import answer_sentence
+
+    params = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text(encoding="utf-8"))
+    for pattern in (params["grpo"]["rewards"]["accuracy"]["answer_pattern"], params["eval"]["answer_pattern"]):
+        for answer in ("42", "-3.5", "1,000", "Paris"):
+            assert extract_answer(f"Step one. {answer_sentence(answer)}", pattern) == answer

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from llmhalluc.errors import OutputError
-from llmhalluc.stage import staged_output
+from llmhalluc.outputs import staged_output
 from tests.conftest import ROOT, edit
 from tests.outs import stray_staging, tree
 

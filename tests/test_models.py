@@ -15,10 +15,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 
+from llmhalluc.backtrack import DEFAULT_TOKEN as BACKTRACK_TOKEN
 from llmhalluc.errors import ParamsError
 from llmhalluc.models import (
-    BACKTRACK_TOKEN,
-    BUILTIN_TINY,
     CHAT_TEMPLATE,
     INIT_STRATEGIES,
     add_backtrack_token,
@@ -29,6 +28,7 @@ from llmhalluc.models import (
     resolve_dtype,
     use_end_of_turn,
 )
+from llmhalluc.params.sections import BUILTIN_TINY
 
 NOISE_STD = 0.01
 

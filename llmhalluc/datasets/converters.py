@@ -17,7 +17,15 @@ from typing import Any
 
 from llmhalluc.answers import normalize_answer
 from llmhalluc.datasets.records import Record
-from llmhalluc.datasets.registry import render_prompt
+
+#: A prompt template's placeholders; registry entries may use {question} and {context}.
+PLACEHOLDER = re.compile(r"\{(\w*)\}")
+
+
+def render_prompt(template: str, question: str, context: str | None) -> str:
+    """Fill {question} and {context}; plain substitution, so a template can never run code or read attributes."""
+    values = {"question": question, "context": context or ""}
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], template).strip()
 
 
 class BadRow(Exception):

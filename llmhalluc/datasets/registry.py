@@ -9,19 +9,17 @@ nearest valid key, before any data is read.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmhalluc.datasets.converters import CONVERTERS, PLACEHOLDER
 from llmhalluc.errors import ParamsError
-from llmhalluc.params.loader import check_dataclass
-from llmhalluc.params.schema import nearest
+from llmhalluc.params.schema import check_dataclass, nearest
 from llmhalluc.params.sections import param
 from llmhalluc.params.yaml12 import ParamsFile, read_params_file
 
 #: Local file formats a source may name, by suffix, and the `datasets` builder that reads each.
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-_PLACEHOLDER = re.compile(r"\{(\w*)\}")
 
 
 @dataclass
@@ -58,8 +56,6 @@ class DatasetEntry:
 
 def load_registry(path: str | Path) -> tuple[dict[str, DatasetEntry], ParamsFile]:
     """Every entry of the registry file, validated; a problem anywhere is a ParamsError naming file:line."""
-    from llmhalluc.datasets.converters import CONVERTERS
-
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: dataset registry not found (prepare.registry names it)")
@@ -102,15 +98,8 @@ def _entry_problems(name: str, entry: DatasetEntry, file: ParamsFile, converters
                 hint = f"did you mean {' or '.join(close)}? " if close else ""
                 problems.append(f"{file.where((name, 'columns', field))}: {name}.columns.{field}: converter "
                                 f"{entry.converter} reads no field {field!r} ({hint}fields: {', '.join(fields)})")
-    for placeholder in _PLACEHOLDER.findall(entry.prompt):
+    for placeholder in PLACEHOLDER.findall(entry.prompt):
         if placeholder not in ("question", "context"):
             problems.append(f"{file.where((name, 'prompt'))}: {name}.prompt: unknown placeholder "
                             f"{{{placeholder}}} (valid: {{question}}, {{context}})")
     return problems
-
-
-def render_prompt(template: str, question: str, context: str | None) -> str:
-    """Fill {question} and {context}; plain substitution, so a template can never run code or read attributes."""
-    values = {"question": question, "context": context or ""}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template).strip()
-

@@ -6,7 +6,8 @@
 """
 
 from llmhalluc.errors import ParamsError
-from llmhalluc.params.loader import Section, load_section
+from llmhalluc.params.loader import load_section
 from llmhalluc.params.resolve import RESOLVED_FILE, resolved, trl_config, write_resolved
+from llmhalluc.params.schema import Section
 
 __all__ = ["RESOLVED_FILE", "ParamsError", "Section", "load_section", "resolved", "trl_config", "write_resolved"]

@@ -12,15 +12,12 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from llmhalluc.answers import pattern_problem
 from llmhalluc.errors import ParamsError
-from llmhalluc.params.schema import nearest
+from llmhalluc.params.schema import Section, nearest
 from llmhalluc.params.sections import BUILTIN_TINY
 from llmhalluc.rewards import REWARDS
-
-if TYPE_CHECKING:
-    from llmhalluc.params.loader import Section
 
 Problems = list[str]
 
@@ -122,14 +119,8 @@ def _reward_options(section: Section, problems: Problems) -> None:
     def bad(*key: str, message: str) -> None:
         problems.append(f"{section.where('rewards', *key)}: grpo.rewards.{'.'.join(key)}: {message}")
 
-    try:
-        groups = re.compile(rewards.accuracy.answer_pattern).groups
-    except re.error as exc:
-        bad("accuracy", "answer_pattern", message=f"not a valid regular expression: {exc}")
-    else:
-        if groups < 1:
-            bad("accuracy", "answer_pattern", message="needs a capture group: group 1 is the final answer, "
-                "e.g. 'The answer is (-?[\\d,]*\\.?\\d+)'")
+    if problem := pattern_problem(rewards.accuracy.answer_pattern):
+        bad("accuracy", "answer_pattern", message=problem)
     if not rewards.accuracy.abstain_answer.strip():
         bad("accuracy", "abstain_answer", message="must not be blank (it is the gold answer of unanswerable "
             "questions), e.g. 'unanswerable'")
@@ -305,14 +296,8 @@ def _eval_models(section: Section, problems: Problems) -> None:
 
 
 def _eval_answers(section: Section, problems: Problems) -> None:
-    try:
-        groups = re.compile(section.project.answer_pattern).groups
-    except re.error as exc:
-        problems.append(f"{section.where('answer_pattern')}: eval.answer_pattern: not a valid regex ({exc})")
-        return
-    if groups < 1:
-        problems.append(f"{section.where('answer_pattern')}: eval.answer_pattern: needs a capture group; "
-                        "group 1 is taken as the final answer")
+    if problem := pattern_problem(section.project.answer_pattern):
+        problems.append(f"{section.where('answer_pattern')}: eval.answer_pattern: {problem}")
 
 
 def _eval_diagnostics(section: Section, problems: Problems) -> None:
@@ -327,19 +312,22 @@ def _eval_diagnostics(section: Section, problems: Problems) -> None:
 
 
 def _eval_backend(section: Section, problems: Problems) -> None:
-    """vLLM only where it can run; torch and the package are looked up only when it is asked for."""
-    if section.project.backend != "vllm":
-        return
+    if section.project.backend == "vllm":
+        problems.extend(_vllm_problems(f"{section.where('backend')}: eval.backend: vllm", "use transformers"))
+
+
+def _vllm_problems(asked: str, instead: str) -> Problems:
+    """vLLM runs only with its package (the optional [gpu] extra) and a CUDA GPU; torch is imported only here."""
     import importlib.util
 
+    if importlib.util.find_spec("vllm") is None:
+        return [f"{asked} needs the vllm package, which is not installed (pip install -e '.[gpu]' on a GPU "
+                f"machine); or {instead}"]
     import torch
 
     if not torch.cuda.is_available():
-        problems.append(f"{section.where('backend')}: eval.backend: vllm needs a CUDA GPU and this machine has "
-                        "none; use transformers")
-    elif importlib.util.find_spec("vllm") is None:
-        problems.append(f"{section.where('backend')}: eval.backend: vllm is not installed (pip install vllm); "
-                        "or use transformers")
+        return [f"{asked} needs a CUDA GPU and this machine has none; {instead}"]
+    return []
 
 
 def _gguf(section: Section, problems: Problems) -> None:
@@ -424,16 +412,15 @@ def _hardware(section: Section) -> Problems:
         return []
     problems = []
     # GPU-only packages (the optional [gpu] extra): say which one is missing before TRL fails on import.
-    for key, package in (("use_vllm", "vllm"), ("use_liger_kernel", "liger_kernel")):
-        if asked.get(key) and importlib.util.find_spec(package) is None:
-            problems.append(f"{section.where(key)}: {section.name}.{key}: true needs the {package} package, which "
-                            "is not installed (pip install -e '.[gpu]' on a GPU machine)")
+    if asked.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        problems.append(f"{section.where('use_liger_kernel')}: {section.name}.use_liger_kernel: true needs the "
+                        "liger_kernel package, which is not installed (pip install -e '.[gpu]' on a GPU machine)")
+    if asked.get("use_vllm"):
+        problems.extend(_vllm_problems(f"{section.where('use_vllm')}: {section.name}.use_vllm: true",
+                                       "leave it out (generation then runs in the trainer)"))
     import torch
 
     cuda = torch.cuda.is_available()
-    if asked.get("use_vllm") and not cuda:
-        problems.append(f"{section.where('use_vllm')}: {section.name}.use_vllm: true needs a CUDA GPU; "
-                        "leave it out on CPU (generation then runs in the trainer)")
     if asked.get("bf16") and not (cuda and torch.cuda.is_bf16_supported()):
         problems.append(f"{section.where('bf16')}: {section.name}.bf16: true needs a GPU with bfloat16 support and "
                         "this machine has none; set it to false, or leave it out to choose from the hardware")

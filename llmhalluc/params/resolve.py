@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc.errors import ParamsError
-from llmhalluc.params.loader import Section
+from llmhalluc.params.schema import Section
 from llmhalluc.params.trl_schema import TRL_CONFIGS
 
 RESOLVED_FILE = "resolved_params.json"

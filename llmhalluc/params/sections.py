@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from llmhalluc.answers import DEFAULT_PATTERN
+from llmhalluc.backtrack import DEFAULT_TOKEN
 
 #: model_name_or_path of the tiny model built from a seed (a colon never occurs in a hub id).
 BUILTIN_TINY = "builtin:tiny-qwen2"
+
+#: Weight dtypes a stage can load or save, by torch's names (models maps them to torch dtypes).
+Dtype = Literal["float32", "bfloat16", "float16"]
+#: The same, or auto: bf16 on a capable GPU, else float32.
+DtypeOrAuto = Literal["auto", Dtype]
 
 
 def param(default, help: str, **kwargs):
@@ -107,7 +113,7 @@ class LauncherParams:
 class BacktrackTokenParams:
     """The token that deletes the token before it."""
 
-    token: str = param("<|backtrack|>", "text of the special token (reused if the tokenizer has it)")
+    token: str = param(DEFAULT_TOKEN, "text of the special token (reused if the tokenizer has it)")
     init: Literal["mean", "semantic", "description", "combined"] = param("mean", "how its embedding rows start")
     noise_std: float = param(0.01, "noise added to the initial rows, relative to the mean row norm")
     unit: Literal["token", "step", "retry"] = param(
@@ -127,7 +133,7 @@ class SftParams:
     model_dir: str = param("models/sft", "where the trained model is written (the stage's out)")
     backtrack: BacktrackTokenParams = param(BacktrackTokenParams(), "the backtrack token")
     mask_errors: bool = param(False, "also keep the error tokens out of the loss")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
+    dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = param(
         "auto", "attention kernel; auto lets transformers choose"
     )
@@ -186,7 +192,7 @@ class GrpoParams:
     model_dir: str = param("models/grpo", "where the trained model is written (the stage's out)")
     reward_funcs: list[str] = param(["accuracy", "format"], "reward functions by registry name")
     rewards: RewardsParams = param(RewardsParams(), "per-reward options, by reward name")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
+    dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
     lora: LoraParams = param(LoraParams(), "LoRA adapter options")
     launcher: LauncherParams = param(LauncherParams(), "how the trainer is started")
 
@@ -197,7 +203,7 @@ class MergeParams:
 
     model_dir: str = param("models/grpo", "the trained model to merge (the GRPO stage's out)")
     out_dir: str = param("models/merged", "the plain HF model folder written (the stage's out)")
-    dtype: Literal["float32", "bfloat16", "float16"] = param("float32", "dtype of the saved weights")
+    dtype: Dtype = param("float32", "dtype of the saved weights")
 
 
 @dataclass
@@ -249,7 +255,7 @@ class EvalParams:
     temperature: float = param(1.0, "sampling temperature (with do_sample, and of eval.sampled)")
     top_p: float = param(1.0, "nucleus sampling mass (with do_sample, and of eval.sampled)")
     seed: int = param(0, "seed for sampling (re-applied before each model)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = param("auto", "weights dtype; auto: bf16 on GPU")
+    dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
     answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer")
     probe: ProbeParams = param(ProbeParams(), "the injected-error probe (teacher-forced, on gold solutions)")
     own_errors: OwnErrorsParams = param(OwnErrorsParams(), "P(backtrack) after the model's own wrong vs right steps")

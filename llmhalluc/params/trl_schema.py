@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmhalluc.outputs import write_atomically
 from llmhalluc.params.schema import FieldSpec, describe_dataclass, with_choices
 
 #: The TRL config class behind each training section.
@@ -65,8 +66,6 @@ def trl_schema(section: str) -> dict[str, FieldSpec]:
         cached = None
     if cached is None:
         cached = derive_all()
-        from llmhalluc.stage import write_atomically  # the stage module imports this one
-
         write_atomically(path, json.dumps(cached))
     return {name: FieldSpec.from_json(spec) for name, spec in cached[section].items()}
 
