@@ -110,7 +110,7 @@ CASES = [
     Case("prepare", "nested-not-mapping", ("block", "  sizes:", "  sizes: 100"),
          ["prepare.sizes: expected a mapping, got int"], "sizes: 100"),
     # --- sft -----------------------------------------------------------------------------------------------
-    Case("sft", "unknown-key", sub("  learning_rate: 0.003 ", "  learning_rat: 0.003 "),
+    Case("sft", "unknown-key", sub("  learning_rate: 0.001 ", "  learning_rat: 0.001 "),
          ["sft.learning_rat: unknown key (did you mean sft.learning_rate"], "learning_rat:"),
     Case("sft", "unknown-nested-key", sub("    hidden_size: 192 ", "    hiden_size: 192 "),
          ["sft.tiny_model.hiden_size: unknown key (did you mean sft.tiny_model.hidden_size?)"], "hiden_size:"),

@@ -52,7 +52,7 @@ CASES = [
      ["grpo.rewards.accuracy.answer_pattern: needs a capture group"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, accuracy]",
      ["grpo.reward_funcs[1]: 'accuracy' is listed twice"]),
-    ("train_sft", "learning_rate: 0.003", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),
+    ("train_sft", "learning_rate: 0.001", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),
     ("train_sft", "lr_scheduler_type: cosine", "lr_scheduler_type: cosin",
      ["sft.lr_scheduler_type", "did you mean 'cosine'"]),
     ("train_sft", "  max_steps: 600", "  max_steps: 600.5", ["sft.max_steps: expected int, got float 600.5"]),
