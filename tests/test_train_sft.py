@@ -154,7 +154,7 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path: Path, prepared: Pa
         m.setattr(checkpoints, "clean", lambda output_dir: None)
         run("train_sft", "sft", folder)
     capsys.readouterr()
-    run("train_sft", "sft", folder, {"sft.learning_rate": 0.001})
+    run("train_sft", "sft", folder, {"sft.learning_rate": 0.0005})  # any value but the default
     log = capsys.readouterr().out
     assert "belong to another run (other params or data); starting fresh" in log
     assert "resuming" not in log
