@@ -216,7 +216,8 @@ def svg(configs: Sequence[Config], metrics: Sequence[str]) -> str:
              'font-family="sans-serif" font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
     for row, config in enumerate(configs):
         y = top + row_h * row + row_h / 2
-        parts.append(f'<text x="{label_w - 8}" y="{y + 4}" text-anchor="end">{_escape(config.label)[:48]}</text>')
+        label = config.label if len(config.label) <= 48 else "…" + config.label[-47:]  # the end tells configs apart
+        parts.append(f'<text x="{label_w - 8}" y="{y + 4}" text-anchor="end">{_escape(label)}</text>')
     for col, metric in enumerate(metrics):
         x0 = label_w + panel_w * col + 10
         span = panel_w - 30
