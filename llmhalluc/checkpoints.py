@@ -20,9 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmhalluc.launcher import SHARDS_DIR
-
 FINGERPRINT_FILE = "run_fingerprint.json"
+#: Under output_dir, where each rank records the first batch it trained on (trainers.announce_shard).
+SHARDS_DIR = "shards"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 _STATE = ("trainer_state.json", "optimizer.pt", "scheduler.pt")

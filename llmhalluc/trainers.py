@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc import checkpoints, lineage, tracking
-from llmhalluc.launcher import announce_shard, collect_shards, is_main_process, print_once
-from llmhalluc.outputs import staged_output
+from llmhalluc.checkpoints import SHARDS_DIR
+from llmhalluc.launcher import is_main_process, print_once, rank, say, world_size
+from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import write_resolved
 from llmhalluc.training import save_adapter
 
@@ -21,7 +22,7 @@ def fit(trainer: Any, config: Any, params: dict, identity: dict, live_dir: Path,
         summary: dict | None = None, completions: Path | None = None) -> tuple[Any, Any]:
     """Train, resuming the checkpoint of this run (params + identity: data, start model) if one is left.
 
-    Returns TRL's TrainOutput and, under N processes, each rank's first batch (launcher.collect_shards).
+    Returns TRL's TrainOutput and, under N processes, each rank's first batch (collect_shards).
     completions: where GRPO's per-step completions tables go (rank 0).
     """
     run = checkpoints.fingerprint(params, identity)
@@ -63,3 +64,61 @@ def publish(trainer: Any, tokenizer: Any, config: Any, params: dict, out_dir: st
         })
     if is_main_process():
         checkpoints.clean(config.output_dir)
+
+
+def announce_shard(trainer: Any, stage: str) -> None:
+    """Under N processes, each rank records a fingerprint of the first batch it trains on.
+
+    The record is a file per rank (output_dir/shards/rank-N.json), not only a log line:
+    N processes share one stream, so a log line is evidence only when it arrives whole,
+    and a file always does. Rank 0 gathers the files into the model's outs (see
+    `collect_shards`), so "the data really was sharded" can be checked after the fact.
+    The collator is wrapped rather than the data loader iterated ahead of time, so
+    the sampler's random state (and with it resume and determinism) is untouched.
+    """
+    if world_size() == 1:
+        return
+    import hashlib
+    import json
+
+    collate = trainer.data_collator
+    folder = Path(trainer.args.output_dir) / SHARDS_DIR
+    announced = False
+
+    def collate_and_announce(examples: list[Any]) -> Any:
+        nonlocal announced
+        if not announced:
+            announced = True
+            content = json.dumps(examples, sort_keys=True, default=str).encode()
+            record = {"rank": rank(), "world_size": world_size(), "examples": len(examples),
+                      "fingerprint": hashlib.sha256(content).hexdigest()[:12]}
+            write_atomically(folder / f"rank-{rank()}.json", json.dumps(record))  # whole or absent, never half
+            say(f"{stage}: rank {rank()} of {world_size()}: first batch of {len(examples)} examples, "
+                f"fingerprint {record['fingerprint']}")
+        return collate(examples)
+
+    trainer.data_collator = collate_and_announce
+
+
+def collect_shards(trainer: Any) -> dict[str, Any] | None:
+    """Every rank's first-batch record of this run, by rank; None in a single process.
+
+    Call after trainer.train() on every rank: the barrier makes sure each rank has
+    written its record (each trains on a first batch before any step can finish, and
+    the barrier is passed only when all have finished), then the shard files are removed
+    with the rest of the run's scratch when the caller cleans output_dir.
+    """
+    if world_size() == 1:
+        return None
+    import json
+
+    trainer.accelerator.wait_for_everyone()
+    folder = Path(trainer.args.output_dir) / SHARDS_DIR
+    records = {}
+    for r in range(world_size()):
+        path = folder / f"rank-{r}.json"
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record is None or record.get("world_size") != world_size():
+            raise RuntimeError(f"{path}: rank {r} recorded no first batch for this run of {world_size()} processes")
+        records[str(r)] = record
+    return records
