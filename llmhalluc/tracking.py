@@ -47,13 +47,14 @@ class TrainerLive(DVCLiveCallback):
     """The HF Trainer's DVCLive callback with the pipeline's settings (see module docstring)."""
 
     def __init__(self, directory: str | Path, *, resume_step: int | None = None,
-                 summary: dict[str, Any] | None = None) -> None:
+                 summary: dict[str, Any] | None = None, step_offset: int = 0, last_step: int | None = None) -> None:
         from dvclive import Live
 
-        if resume_step is not None:
-            truncate_after(directory, resume_step)
-        live = Live(dir=str(directory), resume=resume_step is not None, report=None, save_dvc_exp=False,
-                    dvcyaml=None)
+        self.step_offset = step_offset  # a later pass of one run (train_sft's own errors) continues the curves
+        if resume_step is not None or step_offset:
+            truncate_after(directory, step_offset + (resume_step or 0), until=last_step)
+        live = Live(dir=str(directory), resume=resume_step is not None or step_offset > 0, report=None,
+                    save_dvc_exp=False, dvcyaml=None)
         live.summary.update(summary or {})  # facts of the run beside the curves' last values (dvc metrics show)
         super().__init__(live=live, log_model=False)
 
@@ -63,7 +64,7 @@ class TrainerLive(DVCLiveCallback):
     def on_log(self, args, state, control, model=None, logs=None, **kwargs) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        self.live.step = state.global_step
+        self.live.step = self.step_offset + state.global_step
         summary_log = "train_runtime" in logs  # the Trainer's one end-of-training log
         for key, value in logs.items():
             if _WALL_CLOCK.search(key) or not _is_scalar(value):
@@ -78,7 +79,7 @@ class TrainerLive(DVCLiveCallback):
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
         if state.is_world_process_zero:
-            self.live.step = state.global_step
+            self.live.step = self.step_offset + state.global_step
             self.live.end()
 
 
@@ -88,13 +89,14 @@ def _is_scalar(value: Any) -> bool:
     return Metric.could_log(value) and not isinstance(value, str)
 
 
-def truncate_after(directory: str | Path, step: int) -> None:
-    """Drop rows with step > `step` from every curve: they were logged after the checkpoint we resume from."""
+def truncate_after(directory: str | Path, step: int, until: int | None = None) -> None:
+    """Drop rows with step > `step` (and <= `until`, if given) from every curve: they were logged after the
+    checkpoint we resume from (rows past `until` belong to a later pass of the same run and stay)."""
     for path in (Path(directory) / "plots" / "metrics").rglob("*.tsv"):
         rows = list(csv.DictReader(io.StringIO(path.read_text()), delimiter="\t"))
         if not rows:
             continue
-        kept = [r for r in rows if int(r["step"]) <= step]
+        kept = [r for r in rows if int(r["step"]) <= step or (until is not None and int(r["step"]) > until)]
         out = io.StringIO()
         writer = csv.DictWriter(out, rows[0].keys(), delimiter="\t", lineterminator="\n")
         writer.writeheader()
@@ -103,19 +105,23 @@ def truncate_after(directory: str | Path, step: int) -> None:
 
 
 def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = None,
-           summary: dict[str, Any] | None = None) -> TrainerLive | None:
+           summary: dict[str, Any] | None = None, step_offset: int = 0,
+           last_step: int | None = None) -> TrainerLive | None:
     """Give the trainer exactly one DVCLive logger (ours), whatever `report_to` says; on rank 0 only.
 
     Other ranks get none: a second Live on the same folder would truncate rank 0's files.
     ``summary`` adds fixed values to the summary metrics, e.g. how many SFT examples
-    max_length cut, so `dvc metrics show` puts them beside the loss.
+    max_length cut, so `dvc metrics show` puts them beside the loss. A run trained in passes (train_sft
+    with sft.own_errors) logs each pass at `step_offset` + its own step; `last_step` is where this
+    pass ends, so resuming it keeps a later pass's rows (those are that pass's to drop).
     """
     from llmhalluc.launcher import is_main_process
 
     trainer.remove_callback(DVCLiveCallback)
     if not is_main_process():
         return None
-    callback = TrainerLive(directory, resume_step=resume_step, summary=summary)
+    callback = TrainerLive(directory, resume_step=resume_step, summary=summary, step_offset=step_offset,
+                           last_step=last_step)
     trainer.add_callback(callback)
     return callback
 

@@ -19,17 +19,20 @@ from llmhalluc.training import save_adapter
 
 
 def fit(trainer: Any, config: Any, params: dict, identity: dict, live_dir: Path, stage: str, *,
-        summary: dict | None = None, completions: Path | None = None) -> tuple[Any, Any]:
+        summary: dict | None = None, completions: Path | None = None, step_offset: int = 0,
+        last_step: int | None = None) -> tuple[Any, Any]:
     """Train, resuming the checkpoint of this run (params + identity: data, start model) if one is left.
 
     Returns TRL's TrainOutput and, under N processes, each rank's first batch (collect_shards).
-    completions: where GRPO's per-step completions tables go (rank 0).
+    completions: where GRPO's per-step completions tables go (rank 0). A run trained in passes logs
+    a pass's steps after step_offset; last_step: where a pass that another follows ends (tracking.attach).
     """
     run = checkpoints.fingerprint(params, identity)
     with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
         last = checkpoints.resume_point(config.output_dir, run, log=print_once)
     resume_step = tracking.checkpoint_step(last)
-    tracking.attach(trainer, live_dir, resume_step=resume_step, summary=summary)
+    tracking.attach(trainer, live_dir, resume_step=resume_step, summary=summary, step_offset=step_offset,
+                    last_step=last_step)
     if completions is not None and is_main_process():
         trainer.add_callback(tracking.CompletionsTable(trainer, completions, resume_step=resume_step))
     announce_shard(trainer, stage)
@@ -38,12 +41,14 @@ def fit(trainer: Any, config: Any, params: dict, identity: dict, live_dir: Path,
 
 
 def publish(trainer: Any, tokenizer: Any, config: Any, params: dict, out_dir: str, stage: str, *, lora: bool,
-            adapter_base: str, record: dict, shards: Any, extra: dict[str, Path] | None = None) -> None:
+            adapter_base: str, record: dict, shards: Any, extra: dict[str, Path] | None = None,
+            files: dict[str, str] | None = None) -> None:
     """The trained model into out_dir as one staged out, with the resolved params and its lineage record.
 
     A LoRA adapter names adapter_base as its base (as a user loads it from the repository root); a
     full model is saved by the trainer (it gathers ZeRO-3 / FSDP shards onto rank 0). extra: folders
-    copied in (name inside the out -> source). The checkpoints go once the out is in place.
+    copied in (name inside the out -> source); files: text files written in (name -> content). The
+    checkpoints go once the out is in place.
     """
     import shutil
 
@@ -57,6 +62,8 @@ def publish(trainer: Any, tokenizer: Any, config: Any, params: dict, out_dir: st
         tokenizer.save_pretrained(staging)
         for name, source in (extra or {}).items():
             shutil.copytree(source, staging / name)
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         write_resolved(params, staging)
         lineage.write_lineage(staging, {
             "stage": stage, "kind": "lora" if lora else "full", **record, **lineage.git_state(), "params": params,

@@ -4,12 +4,20 @@ Reads top to bottom: params, model and backtrack token, data to ids, train (resu
 models/sft holds full weights, or (sft.lora.enabled) a LoRA adapter whose trainable tokens
 carry the backtrack token's input and output rows; lineage.json says which, and how to
 rebuild the base (the built-in base is saved inside, in models/sft/base).
+
+With sft.own_errors.rate > 0 it trains in two passes of one step budget (sft.max_steps): first
+after_steps steps on the records without errors, then a `rate` share of the records gets the
+first-pass model's own wrong step as its error (llmhalluc.mining), and the same weights train the
+remaining steps on that mix; the mined records go into models/sft/own_errors.jsonl.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 # This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
@@ -24,6 +32,8 @@ from llmhalluc.params import Section, resolved, trl_config
 from llmhalluc.stage import run_stage
 
 LIVE_DIR = Path("dvclive/train_sft")  # declared in dvc.yaml (metrics + plots)
+CLEAN_DIR = "clean"  # under output_dir: the first pass's checkpoints (sft.own_errors), cleared at the end
+OWN_ERRORS_FILE = "own_errors.jsonl"  # in model_dir: the SFT records after mining (sft.own_errors)
 
 
 def main(section: Section) -> None:
@@ -70,6 +80,19 @@ def main(section: Section) -> None:
     vocab_rows = model.get_input_embeddings().weight.shape[0]  # what an adapter's base must be resized to
     end_of_turn = models.use_end_of_turn(model, tokenizer)  # targets end as the chat template ends a turn
 
+    if p.lora.enabled:
+        model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
+    base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None, loaded_from=name,
+                               gguf=gguf)
+    data = lineage.data_record(data_file)
+    identity, own, own_summary = {"data": data["sha256"], "base": base}, p.own_errors, None
+    if own.rate > 0:  # two passes: clean, then a share of the records with the model's own mistakes
+        model, records, own_summary = own_errors_pass(model, tokenizer, records, config, params, identity, own,
+                                                      backtrack_id=backtrack_id, mask_errors=p.mask_errors,
+                                                      unit=p.backtrack.unit)
+        identity = {**identity, "own_errors": hashlib.sha256(records_jsonl(records).encode()).hexdigest()}
+        config = replace(config, max_steps=config.max_steps - own.after_steps)  # equal budget with one pass
+
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
     examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors,
                                               unit=p.backtrack.unit)
@@ -81,27 +104,63 @@ def main(section: Section) -> None:
     dataset = Dataset.from_list(examples)
 
     # Train, resuming the same run's last complete checkpoint if a killed run left one.
-    if p.lora.enabled:
-        model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None, loaded_from=name,
-                               gguf=gguf)
-    data = lineage.data_record(data_file)
-    result, shards = fit(trainer, config, params, {"data": data["sha256"], "base": base}, LIVE_DIR, "train_sft",
-                         summary={"data": {**lengths, "examples": len(examples)}})  # truncation in dvc metrics show
+    summary = {"data": {**lengths, "examples": len(examples)}}  # truncation in dvc metrics show
+    if own_summary is not None:  # the mined share too
+        summary["own_errors"] = {k: v for k, v in own_summary.items() if k != "examples"}
+    result, shards = fit(trainer, config, params, identity, LIVE_DIR, "train_sft", summary=summary,
+                         step_offset=own.after_steps if own_summary is not None else 0)
 
     # A LoRA adapter names its base as a user would load it from the repository root (never a cache
     # folder of this machine: a GGUF base is named as params name it, lineage has the rest).
     publish(trainer, tokenizer, config, params, p.model_dir, "train_sft", lora=p.lora.enabled,
             adapter_base=str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path,
-            extra={"base": base_dir} if base_dir else None, shards=shards, record={
+            extra={"base": base_dir} if base_dir else None, shards=shards,
+            files={OWN_ERRORS_FILE: records_jsonl(records)} if own_summary is not None else None, record={
                 "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
                 "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (unit_of)
                 "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
-                "base": base, "parent": None, "data": data})
-    if is_main_process() and base_dir:
-        shutil.rmtree(base_dir)
-    print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
+                "base": base, "parent": None, "data": data,
+                **({"own_errors": {**own_summary, "file": OWN_ERRORS_FILE}} if own_summary is not None else {})})
+    if is_main_process():
+        if base_dir:
+            shutil.rmtree(base_dir)
+        shutil.rmtree(Path(config.output_dir) / CLEAN_DIR, ignore_errors=True)  # the first pass's, now done
+    steps = result.global_step + (own.after_steps if own_summary is not None else 0)
+    print(f"train_sft: {steps} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
+
+
+def own_errors_pass(model, tokenizer, records, config, params: dict, identity: dict, own, *, backtrack_id: int,
+                    mask_errors: bool, unit: str):
+    """Pass 1 of sft.own_errors: after_steps steps on the records without errors (resumable, its checkpoints
+    in output_dir/clean), then mining a seeded `rate` share of the records (seed sft.seed). Returns the
+    trained model, the records (a mined one's errors replaced by its own error) and the mining summary."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from llmhalluc.mining import choose, mine
+    from llmhalluc.trainers import fit
+
+    clean = [replace(r, errors=[]) for r in records]
+    examples, _ = encode_records(clean, tokenizer, backtrack_id, mask_errors=mask_errors, unit=unit)
+    first = replace(config, max_steps=own.after_steps, output_dir=str(Path(config.output_dir) / CLEAN_DIR))
+    trainer = SFTTrainer(model=model, args=first, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer)
+    fit(trainer, first, params, {**identity, "pass": "clean"}, LIVE_DIR, "train_sft", last_step=own.after_steps)
+    chosen = choose(records, own.rate, config.seed)
+    mined, summary = mine(trainer.model, tokenizer, [records[i] for i in chosen], samples=own.samples,
+                          temperature=own.temperature, max_new_tokens=own.max_new_tokens,
+                          batch_size=own.batch_size, seed=config.seed, backtrack_id=backtrack_id, unit=unit)
+    records = list(records)
+    for index, record in zip(chosen, mined, strict=True):
+        records[index] = record
+    print_once(f"train_sft: own errors: {summary['records_mined']} of {summary['records_tried']} chosen records "
+               f"({summary['samples_drawn']} samples) got one of the model's own wrong steps")
+    return trainer.model, records, summary
+
+
+def records_jsonl(records) -> str:
+    return "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records)
 
 
 def encode_records(records, tokenizer, backtrack_id: int, *, mask_errors: bool,

@@ -219,6 +219,31 @@ def _tiny_model(section: Section, problems: Problems) -> None:
                         f"does not divide hidden_size {tiny.hidden_size}")
 
 
+def _own_errors(section: Section, problems: Problems) -> None:
+    """sft.own_errors: a share, a first pass shorter than the run, one process (every rank would mine alone)."""
+    own = section.project.own_errors
+
+    def where(key: str) -> str:
+        return f"{section.where('own_errors', key)}: sft.own_errors.{key}"
+
+    if not 0.0 <= own.rate <= 1.0:
+        problems.append(f"{where('rate')}: must be in [0, 1], got {own.rate}")
+    if own.temperature <= 0:
+        problems.append(f"{where('temperature')}: must be > 0, got {own.temperature}")
+    for key in ("samples", "max_new_tokens", "batch_size"):
+        if getattr(own, key) < 1:
+            problems.append(f"{where(key)}: must be >= 1, got {getattr(own, key)}")
+    if own.rate == 0:
+        return
+    max_steps = _trl_value(section, "max_steps")
+    if not 1 <= own.after_steps < max_steps:
+        problems.append(f"{where('after_steps')}: {own.after_steps} must be in 1..sft.max_steps - 1 "
+                        f"(sft.max_steps is {max_steps}): the second pass trains the rest of the budget")
+    if section.project.launcher.num_processes != 1:
+        problems.append(f"{where('rate')}: mining own errors runs in one process; set "
+                        f"sft.launcher.num_processes: 1 or sft.own_errors.rate: 0")
+
+
 def _positive(*keys: str) -> Callable[[Section, Problems], None]:
     """Rule: each dotted project key must be >= 1."""
 
@@ -360,7 +385,7 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
         _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand",
                   "backtrack.errors_per_example"),
     ],
-    "sft": [_launcher, _lora, _output_dirs, _tiny_model, _gguf,
+    "sft": [_launcher, _lora, _output_dirs, _tiny_model, _gguf, _own_errors,
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
     "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
     "merge": [],

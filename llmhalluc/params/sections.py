@@ -121,6 +121,18 @@ class BacktrackTokenParams:
 
 
 @dataclass
+class MinedErrorsParams:
+    """sft.own_errors: retry data from the model's own mistakes (llmhalluc.mining), mined after a clean first pass."""
+
+    rate: float = param(0.0, "share of SFT records whose error is replaced by one of the model's own (0 = off)")
+    after_steps: int = param(300, "optimiser steps of the first pass, on the records without errors (< max_steps)")
+    samples: int = param(4, "completions sampled per chosen record; the first with a wrong step is kept")
+    temperature: float = param(1.0, "sampling temperature of those completions")
+    max_new_tokens: int = param(64, "longest sampled completion")
+    batch_size: int = param(64, "prompts generated together")
+
+
+@dataclass
 class SftParams:
     """params.yaml[sft], besides SFTConfig's own fields."""
 
@@ -133,6 +145,7 @@ class SftParams:
     model_dir: str = param("models/sft", "where the trained model is written (the stage's out)")
     backtrack: BacktrackTokenParams = param(BacktrackTokenParams(), "the backtrack token")
     mask_errors: bool = param(False, "also keep the error tokens out of the loss")
+    own_errors: MinedErrorsParams = param(MinedErrorsParams(), "retry data from the model's own mistakes (two passes)")
     dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = param(
         "auto", "attention kernel; auto lets transformers choose"
