@@ -126,6 +126,9 @@ CASES = [
     Case("sft", "cross-field", sub("  output_dir: checkpoints/sft ", "  output_dir: models/sft "),
          ["sft.output_dir: checkpoints and sft.model_dir (models/sft) must be different folders"], "output_dir:",
          extra={"tag": "dirs"}),
+    Case("sft", "cross-field", ("block", "  own_errors:", "  own_errors:\n    rate: 0.5\n    after_steps: 600"),
+         ["sft.own_errors.after_steps: 600 must be in 1..sft.max_steps - 1 (sft.max_steps is 600)"], "after_steps:",
+         extra={"tag": "own-errors"}),
     Case("sft", "missing-input", sub("  data_dir: data/prepared ", "  data_dir: ./data/nope "),
          ["sft.data_dir: path './data/nope' does not exist"], "data_dir:", dry_run=False),
     # All hardware problems of a section are reported at once: one run (importing torch) covers them.
