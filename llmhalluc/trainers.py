@@ -20,17 +20,23 @@ from llmhalluc.training import save_adapter
 
 def fit(trainer: Any, config: Any, params: dict, identity: dict, live_dir: Path, stage: str, *,
         summary: dict | None = None, completions: Path | None = None, step_offset: int = 0,
-        last_step: int | None = None) -> tuple[Any, Any]:
+        last_step: int | None = None, reload_finished: bool = False) -> tuple[Any, Any]:
     """Train, resuming the checkpoint of this run (params + identity: data, start model) if one is left.
 
     Returns TRL's TrainOutput and, under N processes, each rank's first batch (collect_shards).
     completions: where GRPO's per-step completions tables go (rank 0). A run trained in passes logs
     a pass's steps after step_offset; last_step: where a pass that another follows ends (tracking.attach).
+    reload_finished: if this run's last checkpoint is its last step, load its weights and train nothing
+    (returns (None, None)): transformers, resumed at max_steps, would train one batch more.
     """
     run = checkpoints.fingerprint(params, identity)
     with config.main_process_first(desc="pick the checkpoint to resume"):  # rank 0 clears, the others then agree
         last = checkpoints.resume_point(config.output_dir, run, log=print_once)
     resume_step = tracking.checkpoint_step(last)
+    if reload_finished and resume_step is not None and resume_step >= config.max_steps > 0:
+        print_once(f"resume: {last} is this run's last step: loading it, nothing left to train")
+        trainer._load_from_checkpoint(last)  # transformers' own loader: full weights or the adapter
+        return None, None
     tracking.attach(trainer, live_dir, resume_step=resume_step, summary=summary, step_offset=step_offset,
                     last_step=last_step)
     if completions is not None and is_main_process():

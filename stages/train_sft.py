@@ -146,7 +146,8 @@ def own_errors_pass(model, tokenizer, records, config, params: dict, identity: d
     first = replace(config, max_steps=own.after_steps, output_dir=str(Path(config.output_dir) / CLEAN_DIR))
     trainer = SFTTrainer(model=model, args=first, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer)
-    fit(trainer, first, params, {**identity, "pass": "clean"}, LIVE_DIR, "train_sft", last_step=own.after_steps)
+    fit(trainer, first, params, {**identity, "pass": "clean"}, LIVE_DIR, "train_sft", last_step=own.after_steps,
+        reload_finished=True)
     chosen = choose(records, own.rate, config.seed)
     mined, summary = mine(trainer.model, tokenizer, [records[i] for i in chosen], samples=own.samples,
                           temperature=own.temperature, max_new_tokens=own.max_new_tokens,

@@ -140,3 +140,39 @@ def test_two_pass_train_sft(tmp_path: Path) -> None:
     # Neither pass leaves checkpoints behind.
     assert not list((tmp_path / "checkpoints/sft").rglob("checkpoint-*"))
     assert not (tmp_path / "checkpoints/sft/clean").exists()
+
+
+def test_two_pass_run_killed_in_pass_2_resumes_and_matches(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Killed after pass 2 saved a checkpoint (the newest half written): the rerun resumes pass 1 at its end,
+    mines the same records, resumes pass 2, and ends with the weights and curves of an uninterrupted run."""
+    from llmhalluc import trainers
+    from tests.test_train_sft import curve, weights_hash
+
+    own = {"sft.own_errors.rate": 0.5, "sft.own_errors.after_steps": 3, "sft.own_errors.samples": 2,
+           "sft.own_errors.max_new_tokens": 24}
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    for folder in (whole, crashed):
+        folder.mkdir()
+        run("prepare", "prepare", folder, {"prepare.backtrack.error_rate": 0.5})
+    run("train_sft", "sft", whole, own)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(trainers, "publish", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run("train_sft", "sft", crashed, own)
+    ckpts = crashed / "checkpoints/sft"
+    assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert sorted(p.name for p in (ckpts / "clean").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    (ckpts / "checkpoint-3" / "trainer_state.json").unlink()         # died while saving pass 2's last step
+    capsys.readouterr()
+
+    run("train_sft", "sft", crashed, own)
+    log = capsys.readouterr().out
+    assert "checkpoints/sft/clean/checkpoint-3 is this run's last step" in log  # pass 1: done, not trained again
+    assert "resuming from checkpoints/sft/checkpoint-2" in log           # pass 2: the last complete one
+    assert weights_hash(crashed / "models/sft") == weights_hash(whole / "models/sft")
+    assert (crashed / "models/sft/own_errors.jsonl").read_text() == (whole / "models/sft/own_errors.jsonl").read_text()
+    assert curve(crashed) == curve(whole) and [s for s, _ in curve(whole)] == list(range(1, 7))
+    assert not list(ckpts.rglob("checkpoint-*")) and not (ckpts / "clean").exists()
