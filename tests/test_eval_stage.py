@@ -30,8 +30,8 @@ ABSTAIN = "cannot be answered"
 
 def eval_params(params_text: str, models: str = "    sft: models/a\n    grpo: models/b\n", **changes: str) -> str:
     text = edit(params_text, MODELS_BLOCK, "  models:\n" + models)
-    text = edit(text, "  max_new_tokens: 64 ", "  max_new_tokens: 12 ")
-    text = edit(text, "  batch_size: 64 ", "  batch_size: 4 ")
+    text = edit(text, "\n  max_new_tokens: 64 ", "\n  max_new_tokens: 12 ")
+    text = edit(text, "\n  batch_size: 64 ", "\n  batch_size: 4 ")
     for old, new in changes.items():
         text = edit(text, old, new)
     return text

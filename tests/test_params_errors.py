@@ -62,7 +62,7 @@ CASES = [
      ["prepare.sizes.stf: unknown key", "prepare.sizes.sft"]),
     ("train_grpo", "model_name_or_path: models/sft", "model_name_or_path: ./models/no-such-model",
      ["grpo.model_name_or_path: path './models/no-such-model' does not exist"]),
-    ("eval", "batch_size: 64", "batch_size: 0", ["eval.batch_size: must be >= 1, got 0"]),
+    ("eval", "\n  batch_size: 64", "\n  batch_size: 0", ["eval.batch_size: must be >= 1, got 0"]),
 ]
 
 
