@@ -62,7 +62,10 @@ def tiny(tmp_path_factory):
 
 def test_mine_on_a_stub_model(tiny, monkeypatch) -> None:
     model, tokenizer, bt = tiny
-    ids = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
     other = Record(id="r2", question=QUESTION, steps=GOLD.steps, answer="9", errors=[Error(0, "8 + 4 = 11.")],
                    prompt=GOLD.prompt)
     retracted = ids("8 + 4 = 13.")  # wrong, then taken back: resolves to the right solution
