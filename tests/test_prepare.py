@@ -298,3 +298,18 @@ def test_gsm8k_offline_entries_read_data_raw_and_say_how_to_fill_it(tmp_path: Pa
     assert sorted(r["answer"] for r in prepared(work, "eval")) == ["10", "25"]  # the test file, and only it
     train = prepared(work, "sft") + prepared(work, "grpo")
     assert sorted(r["answer"] for r in train) == ["1080", "18", "53", "72"]
+
+
+def test_a_registry_entry_written_twice_is_an_error_naming_both_lines(tmp_path: Path, params_text: str):
+    """Two entries of one name: the second would silently replace the first in a plain dict."""
+    registry = EXTRA_ENTRIES + """
+arithmetic:
+  source: {builtin: arithmetic}
+  converter: arithmetic
+"""
+    work = workspace(tmp_path, params_text, registry)
+    result = run_stage_script("prepare", work, "--dry-run")
+    assert result.returncode == 2
+    last = len((work / "configs" / "datasets.yaml").read_text().splitlines()) - 2
+    assert f'datasets.yaml:{last}: invalid YAML: found duplicate key "arithmetic"' in result.stderr
+    assert not (work / "data" / "prepared").exists()
