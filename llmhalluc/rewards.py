@@ -374,27 +374,24 @@ def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
 AUTO_MARGIN = 2
 
 
-def resolve_max_backtracks(options: RewardsParams, upstream: dict[str, Any] | None, *,
+def resolve_max_backtracks(options: RewardsParams, sft_lengths: dict[str, Any] | None, *,
                            needed: bool) -> RewardsParams:
     """options with grpo.rewards.backtrack.max_backtracks: auto replaced by a number, so that number is what runs
     and what the resolved params and lineage record.
 
-    auto = max(1, AUTO_MARGIN x the most backtracks one SFT example carried), from the
-    `lengths.max_backtracks` train_sft records in the start model's lineage (up its parents). The
-    count is in backtrack tokens, so it fits the unit the model was trained with: ~20 per error
-    for `token` with a real tokenizer, 1 per error for `step` and `retry`; error-free SFT data gives
-    1 (the floor: the over-cap penalty divides by it). An int is kept as it is. With no such record
-    auto stays unresolved when the backtrack reward is unused (needed false) and is a DataError when
-    it is used.
+    auto = max(1, AUTO_MARGIN x the most backtracks one SFT example carried): `lengths.max_backtracks`,
+    which train_sft records in the start model's lineage (sft_lengths: lineage.trained_lengths of it).
+    The count is in backtrack tokens, so it fits the unit the model was trained with: ~20 per wrong
+    step for `token` with a real tokenizer, 1 per wrong step for `step` and `retry`; error-free SFT
+    data gives 1 (the floor: the over-cap penalty divides by it). An int is kept as it is. With no
+    such record auto stays unresolved when the backtrack reward is unused (needed false) and is a
+    DataError when it is used.
     """
     from dataclasses import replace
 
-    from llmhalluc.lineage import trained_lengths
-
     if options.backtrack.max_backtracks != "auto":
         return options
-    lengths = trained_lengths(upstream) or {}
-    most = lengths.get("max_backtracks")
+    most = (sft_lengths or {}).get("max_backtracks")
     if most is None:
         if not needed:
             return options

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmhalluc.params.sections import LoraParams
+from llmhalluc.params.sections import ROLLOUT_BIAS_KEY, LoraParams
 from llmhalluc.trl_compat import expose_head_bias, peft_spelling_quiet
 
 
@@ -94,10 +94,6 @@ def with_adapter(model: Any, config: Any) -> Any:
 
 # --------------------------------------------------------------------------- GRPO rollouts
 
-#: The generation_kwargs entry that carries grpo.rollout_backtrack_bias, by GRPOConfig.use_vllm.
-ROLLOUT_BIAS_KEY = {False: "sequence_bias", True: "logit_bias"}
-
-
 def rollout_bias_kwargs(bias: float, backtrack_id: int, *, use_vllm: bool) -> dict[str, Any]:
     """The GRPOConfig.generation_kwargs entry that adds `bias` to the backtrack token's logit in rollouts ({} at 0).
 
@@ -124,8 +120,8 @@ def rollout_bias_kwargs(bias: float, backtrack_id: int, *, use_vllm: bool) -> di
     if not bias:
         return {}
     if use_vllm:
-        return {"logit_bias": {int(backtrack_id): float(bias)}}
-    return {"sequence_bias": [[[int(backtrack_id)], float(bias)]]}
+        return {ROLLOUT_BIAS_KEY[True]: {int(backtrack_id): float(bias)}}
+    return {ROLLOUT_BIAS_KEY[False]: [[[int(backtrack_id)], float(bias)]]}
 
 
 def with_rollout_bias(config: Any, bias: float, backtrack_id: int) -> Any:

@@ -56,7 +56,8 @@ def main(section: Section) -> None:
     start = p.model_name_or_path
     upstream = lineage.read_lineage(start) if Path(start).is_dir() else None
     # The backtrack reward's cap sized from SFT's data (max_backtracks: auto), before any model loads.
-    p.rewards = resolve_max_backtracks(p.rewards, upstream, needed="backtrack" in p.reward_funcs)
+    p.rewards = resolve_max_backtracks(p.rewards, lineage.trained_lengths(upstream),
+                                       needed="backtrack" in p.reward_funcs)
     model, tokenizer = models.load_model_and_tokenizer(start, dtype=p.dtype,
                                                        trust_remote_code=config.trust_remote_code)
     token = upstream["backtrack_token"] if upstream else DEFAULT_TOKEN

@@ -16,9 +16,8 @@ from pathlib import Path
 from llmhalluc.answers import pattern_problem
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.schema import Section, nearest
-from llmhalluc.params.sections import BUILTIN_TINY
+from llmhalluc.params.sections import BUILTIN_TINY, ROLLOUT_BIAS_KEY
 from llmhalluc.rewards import REWARDS
-from llmhalluc.training import ROLLOUT_BIAS_KEY
 
 Problems = list[str]
 

@@ -185,6 +185,11 @@ class RewardsParams:
     length: LengthRewardOptions = param(LengthRewardOptions(), "options of the length reward")
 
 
+#: The GRPOConfig.generation_kwargs entry grpo.rollout_backtrack_bias travels in, by GRPOConfig.use_vllm
+#: (transformers' GenerationConfig.sequence_bias, vLLM's SamplingParams.logit_bias; llmhalluc.training).
+ROLLOUT_BIAS_KEY = {False: "sequence_bias", True: "logit_bias"}
+
+
 @dataclass
 class GrpoParams:
     """params.yaml[grpo], besides GRPOConfig's own fields."""
