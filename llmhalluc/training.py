@@ -103,8 +103,7 @@ def rollout_bias_kwargs(bias: float, backtrack_id: int, *, use_vllm: bool) -> di
     touched), where `sequence_bias` ([[ids], bias], the list form transformers 5 expects) adds the
     bias to the logit before temperature, so at temperature T the token's log-odds move by bias/T;
     on the vLLM path into SamplingParams (colocate) or the request (server), where `logit_bias`
-    ({id: bias}) does the same. Eval builds its own
-    decoding options and never reads grpo.*.
+    ({id: bias}) does the same. Eval builds its own decoding options and never reads grpo.*.
 
     Off-policy by the bias: rollouts come from the biased sampler, but the loss's log-probabilities
     are the policy's own (a forward pass at temperature T, without the bias). On the transformers
@@ -113,9 +112,10 @@ def rollout_bias_kwargs(bias: float, backtrack_id: int, *, use_vllm: bool) -> di
     biased samples as the policy's, which is what makes a rare token's group-relative advantage
     reach its logit at all, and also what biases the estimate. With vLLM and TRL's
     vllm_importance_sampling_correction (on by default), the correction's sampler log-probabilities
-    are vLLM's processed log-probs, which (in vLLM's V1 sampler, not checked here: vLLM is not
-    installed) include the logit bias; the ratio policy / biased sampler then down-weights or masks
-    (vllm_importance_sampling_mode) exactly the completions the bias made likely.
+    are vLLM's processed log-probs (TRL starts colocated vLLM with logprobs_mode processed_logprobs);
+    if vLLM applies logit_bias before it reports them (not checked here: vLLM is not installed),
+    the ratio policy / biased sampler down-weights or masks (vllm_importance_sampling_mode, clip
+    bounds) exactly the completions the bias made likely, undoing much of its effect.
     """
     if not bias:
         return {}
