@@ -316,7 +316,8 @@ def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
     the completion; a *run* is a maximal stretch of consecutive backtracks;
     "right" is the accuracy reward's judgement (grpo.rewards.accuracy), on the
     resolved completion. Options: grpo.rewards.backtrack.{max_backtracks,
-    fix_reward, penalty}.
+    fix_reward, penalty}; max_backtracks: auto is resolved from the SFT lineage
+    before this runs (resolve_max_backtracks).
 
     | row             | condition                                                   | reward                      |
     |-----------------|-------------------------------------------------------------|-----------------------------|
@@ -352,6 +353,9 @@ def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
     """
     judge = AnswerJudge.from_options(options.accuracy)
     opts = options.backtrack
+    if not isinstance(opts.max_backtracks, int):  # train_grpo resolves auto (resolve_max_backtracks) first
+        raise ParamsError("grpo.rewards.backtrack.max_backtracks: 'auto' was not resolved from the SFT lineage "
+                          "(rewards.resolve_max_backtracks); set a number")
     scorer = BacktrackScorer(tokenizer, retraction, judge, opts.max_backtracks, opts.fix_reward, opts.penalty)
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
@@ -361,6 +365,40 @@ def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
         return [value for _, value in verdicts]
 
     return score
+
+
+#: max_backtracks: auto = this many times the most backtracks one SFT example carried. Sampling a
+#: policy that SFT taught to retract one error makes runs of about that length (one
+#: wrong step is ~20 backtracks for the token unit with a real tokenizer); twice it leaves room for a second error, or a
+#: slightly long run, before the over-cap penalty starts.
+AUTO_MARGIN = 2
+
+
+def resolve_max_backtracks(options: RewardsParams, sft_lengths: dict[str, Any] | None, *,
+                           needed: bool) -> RewardsParams:
+    """options with grpo.rewards.backtrack.max_backtracks: auto replaced by a number, so that number is what runs
+    and what the resolved params and lineage record.
+
+    auto = max(1, AUTO_MARGIN x the most backtracks one SFT example carried): `lengths.max_backtracks`,
+    which train_sft records in the start model's lineage (sft_lengths: lineage.trained_lengths of it).
+    The count is in backtrack tokens, so it fits the unit the model was trained with: ~20 per wrong
+    step for `token` with a real tokenizer, 1 per wrong step for `step` and `retry`; error-free SFT
+    data gives 1 (the floor: the over-cap penalty divides by it). An int is kept as it is. With no
+    such record auto stays unresolved when the backtrack reward is unused (needed false) and is a
+    DataError when it is used.
+    """
+    from dataclasses import replace
+
+    if options.backtrack.max_backtracks != "auto":
+        return options
+    most = (sft_lengths or {}).get("max_backtracks")
+    if most is None:
+        if not needed:
+            return options
+        raise DataError("grpo.rewards.backtrack.max_backtracks: auto needs the SFT model's lineage.json to record "
+                        "lengths.max_backtracks (train_sft writes it; rerun train_sft), or set a number")
+    value = max(1, AUTO_MARGIN * int(most))
+    return replace(options, backtrack=replace(options.backtrack, max_backtracks=value))
 
 
 # --------------------------------------------------------------------------- length

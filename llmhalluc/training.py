@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmhalluc.params.sections import LoraParams
+from llmhalluc.params.sections import ROLLOUT_BIAS_KEY, LoraParams
 from llmhalluc.trl_compat import expose_head_bias, peft_spelling_quiet
 
 
@@ -90,3 +90,44 @@ def with_adapter(model: Any, config: Any) -> Any:
     _checkpoints_save_adapter_only(peft_model)
     expose_head_bias(peft_model)
     return peft_model
+
+
+# --------------------------------------------------------------------------- GRPO rollouts
+
+def rollout_bias_kwargs(bias: float, backtrack_id: int, *, use_vllm: bool) -> dict[str, Any]:
+    """The GRPOConfig.generation_kwargs entry that adds `bias` to the backtrack token's logit in rollouts ({} at 0).
+
+    TRL 1.16 merges generation_kwargs last into what samples rollouts and nothing else: on the
+    transformers path into the trainer's own GenerationConfig (`GRPOTrainer.generation_config`,
+    passed to `generate`; the model's `generation_config`, the one save_model writes, is not
+    touched), where `sequence_bias` ([[ids], bias], the list form transformers 5 expects) adds the
+    bias to the logit before temperature, so at temperature T the token's log-odds move by bias/T;
+    on the vLLM path into SamplingParams (colocate) or the request (server), where `logit_bias`
+    ({id: bias}) does the same. Eval builds its own decoding options and never reads grpo.*.
+
+    Off-policy by the bias: rollouts come from the biased sampler, but the loss's log-probabilities
+    are the policy's own (a forward pass at temperature T, without the bias). On the transformers
+    path TRL's importance ratio is policy / old policy, both forward passes without the bias (it is
+    exactly 1 on the first pass over a batch), so nothing corrects for the bias: the gradient treats
+    biased samples as the policy's, which is what makes a rare token's group-relative advantage
+    reach its logit at all, and also what biases the estimate. With vLLM and TRL's
+    vllm_importance_sampling_correction (on by default), the correction's sampler log-probabilities
+    are vLLM's processed log-probs (TRL starts colocated vLLM with logprobs_mode processed_logprobs);
+    if vLLM applies logit_bias before it reports them (not checked here: vLLM is not installed),
+    the ratio policy / biased sampler down-weights or masks (vllm_importance_sampling_mode, clip
+    bounds) exactly the completions the bias made likely, undoing much of its effect.
+    """
+    if not bias:
+        return {}
+    if use_vllm:
+        return {ROLLOUT_BIAS_KEY[True]: {int(backtrack_id): float(bias)}}
+    return {ROLLOUT_BIAS_KEY[False]: [[[int(backtrack_id)], float(bias)]]}
+
+
+def with_rollout_bias(config: Any, bias: float, backtrack_id: int) -> Any:
+    """config (a GRPOConfig) with the rollout bias merged into its generation_kwargs (the params layer
+    refused a user entry under the same key), so the resolved params record it as the trainer got it."""
+    extra = rollout_bias_kwargs(bias, backtrack_id, use_vllm=config.use_vllm)
+    if extra:
+        config.generation_kwargs = {**(config.generation_kwargs or {}), **extra}
+    return config

@@ -73,7 +73,8 @@ def main(section: Section) -> None:
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
     examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors,
                                               unit=p.backtrack.unit)
-    lengths = lineage.length_record(examples, prompt_lengths, config.max_length)  # GRPO and eval check against it
+    # What GRPO and eval check their limits against, and what grpo.rewards.backtrack.max_backtracks: auto sizes from.
+    lengths = lineage.length_record(examples, prompt_lengths, config.max_length, backtrack_id=backtrack_id)
     if lengths["truncated_examples"]:
         print_once(f"warning: sft.max_length {config.max_length} cuts {lengths['truncated_examples']} of "
                    f"{len(examples)} SFT examples (longest {lengths['max_example_tokens']} tokens): their ends, "

@@ -16,7 +16,7 @@ from pathlib import Path
 from llmhalluc.answers import pattern_problem
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.schema import Section, nearest
-from llmhalluc.params.sections import BUILTIN_TINY
+from llmhalluc.params.sections import BUILTIN_TINY, ROLLOUT_BIAS_KEY
 from llmhalluc.rewards import REWARDS
 
 Problems = list[str]
@@ -126,13 +126,40 @@ def _reward_options(section: Section, problems: Problems) -> None:
             "questions), e.g. 'unanswerable'")
     for key, value in [("backtrack.max_backtracks", rewards.backtrack.max_backtracks),
                        ("length.max_tokens", rewards.length.max_tokens)]:
-        if value < 1:
+        if value != "auto" and value < 1:
             bad(*key.split("."), message=f"must be >= 1, got {value}")
     for key, value in [("backtrack.fix_reward", rewards.backtrack.fix_reward),
                        ("backtrack.penalty", rewards.backtrack.penalty),
                        ("length.penalty", rewards.length.penalty)]:
         if value < 0:
             bad(*key.split("."), message=f"must be >= 0 (the sign is the reward's), got {value}")
+
+
+def _rollout_bias(section: Section, problems: Problems) -> None:
+    """grpo.rollout_backtrack_bias reaches the sampler through GRPOConfig.generation_kwargs (rollout_bias_kwargs);
+    a generation_kwargs entry of the user's under the same name would silently win or lose."""
+    import math
+
+    bias = section.project.rollout_backtrack_bias
+    if not math.isfinite(bias):
+        problems.append(f"{section.where('rollout_backtrack_bias')}: grpo.rollout_backtrack_bias: must be a finite "
+                        f"number, got {bias}")
+        return
+    kwargs = section.trl.get("generation_kwargs")
+    if not bias or kwargs is None:
+        return
+    if isinstance(kwargs, str):  # TRL also takes a JSON string
+        import json
+
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            return  # TRL's own check names it
+    key = ROLLOUT_BIAS_KEY[bool(_trl_value(section, "use_vllm"))]
+    if isinstance(kwargs, dict) and key in kwargs:
+        problems.append(f"{section.where('generation_kwargs')}: grpo.generation_kwargs.{key}: grpo.rollout_backtrack_"
+                        f"bias {bias} is applied through this same key; remove one of them (or fold the backtrack "
+                        "bias into your own entry and set rollout_backtrack_bias: 0)")
 
 
 def _launcher(section: Section, problems: Problems) -> None:
@@ -362,7 +389,7 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
     ],
     "sft": [_launcher, _lora, _output_dirs, _tiny_model, _gguf,
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
-    "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
+    "grpo": [_grpo_batch, _grpo_rewards, _rollout_bias, _launcher, _lora, _output_dirs],
     "merge": [],
     "eval": [_eval_sampling, _eval_models, _eval_answers, _eval_backend, _eval_diagnostics,
              _positive("batch_size", "max_new_tokens", "probe.problems", "sampled.n", "sampled.problems")],

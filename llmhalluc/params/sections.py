@@ -160,7 +160,9 @@ class FormatRewardOptions:
 class BacktrackRewardOptions:
     """grpo.rewards.backtrack: how backtrack use is scored (the table in llmhalluc.rewards.backtrack_use)."""
 
-    max_backtracks: int = param(16, "backtrack tokens allowed in one completion before the penalty grows")
+    max_backtracks: int | Literal["auto"] = param(
+        "auto", "backtrack tokens allowed in one completion before the penalty grows; auto: 2 x the most one SFT "
+        "example carried (the SFT model's lineage), at least 1")
     fix_reward: float = param(1.0, "reward of a completion whose backtracks fixed a wrong span into a right answer")
     penalty: float = param(1.0, "penalty of backtracks that waste or harm (over the cap, wrong answer, ...)")
 
@@ -183,6 +185,11 @@ class RewardsParams:
     length: LengthRewardOptions = param(LengthRewardOptions(), "options of the length reward")
 
 
+#: The GRPOConfig.generation_kwargs entry grpo.rollout_backtrack_bias travels in, by GRPOConfig.use_vllm
+#: (transformers' GenerationConfig.sequence_bias, vLLM's SamplingParams.logit_bias; llmhalluc.training).
+ROLLOUT_BIAS_KEY = {False: "sequence_bias", True: "logit_bias"}
+
+
 @dataclass
 class GrpoParams:
     """params.yaml[grpo], besides GRPOConfig's own fields."""
@@ -192,6 +199,8 @@ class GrpoParams:
     model_dir: str = param("models/grpo", "where the trained model is written (the stage's out)")
     reward_funcs: list[str] = param(["accuracy", "format"], "reward functions by registry name")
     rewards: RewardsParams = param(RewardsParams(), "per-reward options, by reward name")
+    rollout_backtrack_bias: float = param(0.0, "added to the backtrack token's logit in GRPO rollouts only "
+                                          "(never in eval or the saved model); 0: unbiased sampling")
     dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
     lora: LoraParams = param(LoraParams(), "LoRA adapter options")
     launcher: LauncherParams = param(LauncherParams(), "how the trainer is started")
