@@ -47,8 +47,11 @@ CASES = [
      ["grpo.rollout_backtrack_bias: must be a finite number"]),
     ("train_grpo", "    backtrack:                  # shapes", "    backtrak:                  # shapes",
      ["grpo.rewards.backtrak: unknown key", "did you mean grpo.rewards.backtrack"]),
-    ("train_grpo", "      abstain_answer: unanswerable", "      abstain_answer: unanswerable\n      max_tokens: 3",
-     ["grpo.rewards.accuracy.max_tokens: unknown key", "valid keys: answer_pattern, abstain_answer"]),
+    ("train_grpo", "      answer_pattern: '(?i", "      max_tokens: 3\n      answer_pattern: '(?i",
+     ["grpo.rewards.accuracy.max_tokens: unknown key", "valid keys: answer_pattern"]),
+    # The abstain phrase has one home, prepare.abstain_answer: a second one in grpo is refused, not ignored.
+    ("train_grpo", "      answer_pattern: '(?i", "      abstain_answer: none\n      answer_pattern: '(?i",
+     ["grpo.rewards.accuracy.abstain_answer: unknown key"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: forty ",
      ["grpo.rewards.length.max_tokens: expected int, got str 'forty'"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: 0 ", ["grpo.rewards.length.max_tokens: must be >= 1"]),
@@ -170,4 +173,4 @@ def test_every_reward_with_its_options_passes_the_dry_run(tmp_path: Path, params
     assert resolved["reward_funcs"] == ["accuracy", "format", "backtrack", "length"]
     assert resolved["reward_weights"] == [1.0, 0.5, 0.3, 0.2]
     assert resolved["rewards"]["backtrack"] == {"max_backtracks": 4, "fix_reward": 1.0, "penalty": 1.0}
-    assert resolved["rewards"]["accuracy"]["abstain_answer"] == "unanswerable"
+    assert "abstain_answer" not in resolved["rewards"]["accuracy"]  # one home: prepare.abstain_answer

@@ -209,9 +209,12 @@ def test_abstaining_is_right_only_on_unanswerable_questions(tokenizer, c, conver
     assert scores == [1.0, 0.0, 0.0, 1.0, 1.0]
 
 
-def test_the_abstain_phrase_is_an_option(tokenizer, c):
-    opts = options(accuracy=AccuracyRewardOptions(answer_pattern=r"The answer is (\w+)", abstain_answer="Unknown"))
-    scores, _ = call(one("accuracy", tokenizer, opts), tokenizer,
+def test_the_abstain_phrase_is_prepares(tokenizer, c):
+    """The phrase has one home, prepare.abstain_answer (data_dir/meta.json); the stage hands it to the rewards."""
+    opts = options(accuracy=AccuracyRewardOptions(answer_pattern=r"The answer is (\w+)"))
+    bt = tokenizer.convert_tokens_to_ids(BACKTRACK)
+    accuracy = build_rewards(["accuracy"], tokenizer, bt, opts, abstain="Unknown")[0]
+    scores, _ = call(accuracy, tokenizer,
                      [c.build("The answer is unknown."), c.build("The answer is unanswerable.")],
                      ["", ""], [False, False])
     assert scores == [1.0, 0.0]  # normalised: case does not matter; the default phrase is no longer it

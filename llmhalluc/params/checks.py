@@ -121,9 +121,6 @@ def _reward_options(section: Section, problems: Problems) -> None:
 
     if problem := pattern_problem(rewards.accuracy.answer_pattern):
         bad("accuracy", "answer_pattern", message=problem)
-    if not rewards.accuracy.abstain_answer.strip():
-        bad("accuracy", "abstain_answer", message="must not be blank (it is the gold answer of unanswerable "
-            "questions), e.g. 'unanswerable'")
     for key, value in [("backtrack.max_backtracks", rewards.backtrack.max_backtracks),
                        ("length.max_tokens", rewards.length.max_tokens)]:
         if value != "auto" and value < 1:

@@ -146,7 +146,6 @@ class AccuracyRewardOptions:
     """grpo.rewards.accuracy: what counts as the right final answer (the other rewards judge by it too)."""
 
     answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins)")
-    abstain_answer: str = param("unanswerable", "the answer that abstains: right on an unanswerable question only")
 
 
 @dataclass
