@@ -205,6 +205,16 @@ def _lora(section: Section, problems: Problems) -> None:
         problems.append(f"{where('dropout')}: must be in [0, 1), got {lora.dropout}")
 
 
+def _backtrack_token(section: Section, problems: Problems) -> None:
+    backtrack = section.project.backtrack
+    if not backtrack.lr_multiplier > 0:  # also refuses nan
+        problems.append(f"{section.where('backtrack', 'lr_multiplier')}: sft.backtrack.lr_multiplier: must be > 0 "
+                        f"(1: the token's rows train like every other row), got {backtrack.lr_multiplier}")
+    if backtrack.report_problems < 0:
+        problems.append(f"{section.where('backtrack', 'report_problems')}: sft.backtrack.report_problems: must be "
+                        f">= 0 (0: no report), got {backtrack.report_problems}")
+
+
 def _output_dirs(section: Section, problems: Problems) -> None:
     checkpoints = _trl_value(section, "output_dir")
     if checkpoints is not None and Path(checkpoints) == Path(section.project.model_dir):
@@ -360,7 +370,7 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
         _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand",
                   "backtrack.errors_per_example"),
     ],
-    "sft": [_launcher, _lora, _output_dirs, _tiny_model, _gguf,
+    "sft": [_launcher, _lora, _backtrack_token, _output_dirs, _tiny_model, _gguf,
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
     "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
     "merge": [],
