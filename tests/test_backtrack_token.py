@@ -208,3 +208,18 @@ def test_next_token_stats_ranks_the_token(tmp_path: Path) -> None:
     top = diagnostics.next_token_stats(model, sequences[:1], ends[:1], token_id=ranked[0][0][1], batch_size=1,
                                        pad_id=0, with_rank=True)
     assert top[0][0][2] == 1
+
+
+@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp.yaml"])
+def test_multiplier_under_a_sharding_launcher_is_a_params_error(tmp_path: Path, config: str, monkeypatch) -> None:
+    """Refused at load time, before any model is loaded (the trainer check is the backstop)."""
+    from llmhalluc.params import checks
+
+    monkeypatch.setattr(checks, "_accelerate_config", lambda section: [])  # no GPU / DeepSpeed needed here
+    (tmp_path / "configs").symlink_to(Path(__file__).resolve().parent.parent / "configs")
+    monkeypatch.chdir(tmp_path)
+    edits = {"sft.launcher.kind": "accelerate", "sft.launcher.num_processes": 2,
+             "sft.launcher.config_file": f"configs/accelerate/{config}"}
+    with pytest.raises(ParamsError, match=r"sft\.backtrack\.lr_multiplier: 4\.0 is not supported under"):
+        load_section("sft", write_params(tmp_path, {**edits, "sft.backtrack.lr_multiplier": 4.0}), for_run=False)
+    load_section("sft", write_params(tmp_path, edits), for_run=False)  # 1.0 is fine there
