@@ -1,6 +1,7 @@
 """train_sft: params.yaml[sft] + data/prepared/sft.jsonl -> models/sft (+ DVCLive curves in dvclive/train_sft).
 
-Reads top to bottom: params, model and backtrack token, data to ids, train (resumable), save.
+Reads top to bottom: params, model and backtrack token, data to ids, train (resumable; the token's
+reach measured before and after), save.
 models/sft holds full weights, or (sft.lora.enabled) a LoRA adapter whose trainable tokens
 carry the backtrack token's input and output rows; lineage.json says which, and how to
 rebuild the base (the built-in base is saved inside, in models/sft/base).
