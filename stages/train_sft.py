@@ -91,7 +91,9 @@ def main(section: Section) -> None:
     data = lineage.data_record(data_file)
 
     # How reachable the token is (P(backtrack) after a wrong vs right step) as initialised, and after training.
-    report = p.backtrack.report_problems and not sharded(trainer)  # sharded rows: no plain forward pass
+    report = p.backtrack.report_problems > 0 and not sharded(trainer)  # sharded rows: no plain forward pass
+    if p.backtrack.report_problems > 0 and not report:
+        print_once("note: sft.backtrack.report_problems: P(backtrack) is not measured under ZeRO-3 / FSDP")
 
     def reachability() -> dict:
         return diagnostics.reachability(trainer.model, tokenizer, records[:p.backtrack.report_problems],
