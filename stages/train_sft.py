@@ -118,8 +118,10 @@ def main(section: Section) -> None:
                 "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
                 "base": base, "parent": None, "data": data,
                 **({"backtrack_reachability": reachable} if report else {})})
-    if is_main_process() and base_dir:
-        shutil.rmtree(base_dir)
+    if base_dir:
+        trainer.accelerator.wait_for_everyone()  # every rank has copied the base in publish before it goes
+        if is_main_process():
+            shutil.rmtree(base_dir)
     print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
 
 
