@@ -1,4 +1,5 @@
-"""What both trainers share before training: seeding, the LoRA config, the adapter and how it is saved.
+"""What both trainers share before training: seeding, the LoRA config, the adapter and how it is saved,
+and the callback that scales the backtrack token's update (sft.backtrack.lr_multiplier).
 
 Kept apart from the stage scripts so SFT and GRPO build adapters the same way; the resumable fit
 and the publishing of the trained model are in llmhalluc/trainers.py.
