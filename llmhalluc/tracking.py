@@ -120,6 +120,26 @@ def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = Non
     return callback
 
 
+def add_to_summary(directory: str | Path, values: dict[str, Any]) -> None:
+    """Merge values known only after training into the summary `attach` wrote (rank 0; others do nothing).
+
+    DVCLive has ended with the Trainer's on_train_end; the summary is its metrics.json, written
+    back the way DVCLive writes it, so `dvc metrics show` lists these beside the loss.
+    """
+    from dvclive.serialize import dump_json
+
+    from llmhalluc.launcher import is_main_process
+
+    if not is_main_process():
+        return
+    path = Path(directory) / "metrics.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in values.items():
+        summary[key] = {**summary[key], **value} if isinstance(value, dict) and isinstance(summary.get(key), dict) \
+            else value
+    dump_json(summary, str(path))
+
+
 def checkpoint_step(checkpoint: str | None) -> int | None:
     """The global step of a checkpoint-N folder (None for a fresh start)."""
     return None if checkpoint is None else int(Path(checkpoint).name.rsplit("-", 1)[1])

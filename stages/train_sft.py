@@ -1,6 +1,7 @@
 """train_sft: params.yaml[sft] + data/prepared/sft.jsonl -> models/sft (+ DVCLive curves in dvclive/train_sft).
 
-Reads top to bottom: params, model and backtrack token, data to ids, train (resumable), save.
+Reads top to bottom: params, model and backtrack token, data to ids, train (resumable; the token's
+reach measured before and after), save.
 models/sft holds full weights, or (sft.lora.enabled) a LoRA adapter whose trainable tokens
 carry the backtrack token's input and output rows; lineage.json says which, and how to
 rebuild the base (the built-in base is saved inside, in models/sft/base).
@@ -30,9 +31,9 @@ def main(section: Section) -> None:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from llmhalluc import lineage, models
+    from llmhalluc import diagnostics, lineage, models, tracking
     from llmhalluc.trainers import fit, publish
-    from llmhalluc.training import lora_config, seed_everything, with_adapter
+    from llmhalluc.training import lora_config, scale_backtrack_update, seed_everything, sharded, with_adapter
 
     p = section.project
     config = trl_config(section)
@@ -85,11 +86,28 @@ def main(section: Section) -> None:
     if p.lora.enabled:
         model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    scale_backtrack_update(trainer, backtrack_id, p.backtrack.lr_multiplier)  # m = 1: nothing attached
     base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None, loaded_from=name,
                                gguf=gguf)
     data = lineage.data_record(data_file)
+
+    # How reachable the token is (P(backtrack) after a wrong vs right step) as initialised, and after training.
+    report = p.backtrack.report_problems > 0 and not sharded(trainer)  # sharded rows: no plain forward pass
+    if p.backtrack.report_problems > 0 and not report:
+        print_once("note: sft.backtrack.report_problems: P(backtrack) is not measured under ZeRO-3 / FSDP")
+
+    def reachability() -> dict:
+        return diagnostics.reachability(trainer.model, tokenizer, records[:p.backtrack.report_problems],
+                                        backtrack_id=backtrack_id, unit=p.backtrack.unit, seed=config.seed,
+                                        batch_size=config.per_device_eval_batch_size)
+
+    reachable = {"before": reachability()} if report else {}
     result, shards = fit(trainer, config, params, {"data": data["sha256"], "base": base}, LIVE_DIR, "train_sft",
-                         summary={"data": {**lengths, "examples": len(examples)}})  # truncation in dvc metrics show
+                         summary={"data": {**lengths, "examples": len(examples)},  # truncation in dvc metrics show
+                                  **({"backtrack_reachability": reachable} if report else {})})
+    if report:
+        reachable["after"] = reachability()
+        tracking.add_to_summary(LIVE_DIR, {"backtrack_reachability": {"after": reachable["after"]}})
 
     # A LoRA adapter names its base as a user would load it from the repository root (never a cache
     # folder of this machine: a GGUF base is named as params name it, lineage has the rest).
@@ -99,9 +117,12 @@ def main(section: Section) -> None:
                 "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
                 "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (unit_of)
                 "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
-                "base": base, "parent": None, "data": data})
-    if is_main_process() and base_dir:
-        shutil.rmtree(base_dir)
+                "base": base, "parent": None, "data": data,
+                **({"backtrack_reachability": reachable} if report else {})})
+    if base_dir:
+        trainer.accelerator.wait_for_everyone()  # every rank has copied the base in publish before it goes
+        if is_main_process():
+            shutil.rmtree(base_dir)
     print(f"train_sft: {result.global_step} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
 
 

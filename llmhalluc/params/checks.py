@@ -229,6 +229,39 @@ def _lora(section: Section, problems: Problems) -> None:
         problems.append(f"{where('dropout')}: must be in [0, 1), got {lora.dropout}")
 
 
+def _backtrack_token(section: Section, problems: Problems) -> None:
+    backtrack = section.project.backtrack
+    if not backtrack.lr_multiplier > 0:  # also refuses nan
+        problems.append(f"{section.where('backtrack', 'lr_multiplier')}: sft.backtrack.lr_multiplier: must be > 0 "
+                        f"(1: the token's rows train like every other row), got {backtrack.lr_multiplier}")
+    engine = _sharding_engine(section)
+    if backtrack.lr_multiplier != 1 and engine:
+        problems.append(f"{section.where('backtrack', 'lr_multiplier')}: sft.backtrack.lr_multiplier: "
+                        f"{backtrack.lr_multiplier} is not supported under {engine} (the optimiser's copy of the "
+                        "token's rows is sharded or kept apart, so the scaling would be lost); use 1.0 there")
+    if backtrack.report_problems < 0:
+        problems.append(f"{section.where('backtrack', 'report_problems')}: sft.backtrack.report_problems: must be "
+                        f">= 0 (0: no report), got {backtrack.report_problems}")
+
+
+def _sharding_engine(section: Section) -> str | None:
+    """DeepSpeed or FSDP where the TRL keys or the accelerate config ask for one, else None."""
+    from llmhalluc.launcher import read_accelerate_config
+
+    for key, engine in (("deepspeed", "DeepSpeed"), ("fsdp", "FSDP")):
+        if section.trl.get(key):
+            return f"{engine} ({section.name}.{key})"
+    launcher = section.project.launcher
+    if launcher.kind != "accelerate" or not launcher.config_file or not Path(launcher.config_file).is_file():
+        return None  # no config, or one the launcher rule reports
+    try:
+        kind = str(read_accelerate_config(launcher.config_file).get("distributed_type", "NO"))
+    except Exception:  # unreadable: the launcher rule reports it
+        return None
+    engine = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}.get(kind)
+    return f"{engine} ({launcher.config_file})" if engine else None
+
+
 def _output_dirs(section: Section, problems: Problems) -> None:
     checkpoints = _trl_value(section, "output_dir")
     if checkpoints is not None and Path(checkpoints) == Path(section.project.model_dir):
@@ -384,7 +417,7 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
         _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand",
                   "backtrack.errors_per_example"),
     ],
-    "sft": [_launcher, _lora, _output_dirs, _tiny_model, _gguf,
+    "sft": [_launcher, _lora, _backtrack_token, _output_dirs, _tiny_model, _gguf,
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
     "grpo": [_grpo_batch, _grpo_rewards, _rollout_bias, _launcher, _lora, _output_dirs],
     "merge": [],

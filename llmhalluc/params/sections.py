@@ -118,6 +118,8 @@ class BacktrackTokenParams:
     noise_std: float = param(0.01, "noise added to the initial rows, relative to the mean row norm")
     unit: Literal["token", "step", "retry"] = param(
         "token", "what one backtrack retracts: token | step | retry (llmhalluc.backtrack); recorded with the model")
+    lr_multiplier: float = param(1.0, "the token's rows move m times as far per optimiser step (1: like every row)")
+    report_problems: int = param(16, "SFT records whose P(backtrack) is reported before and after training (0: off)")
 
 
 @dataclass
