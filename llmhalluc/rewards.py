@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from llmhalluc.answers import extract_answer, normalize_answer
+from llmhalluc.answers import DEFAULT_ABSTAIN, extract_answer, normalize_answer
 from llmhalluc.backtrack import Retraction, retraction_for
 from llmhalluc.errors import DataError, ParamsError
 
@@ -48,7 +48,7 @@ class Decoder(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
 
 
-Factory = Callable[[Decoder, Retraction, "RewardsParams"], RewardFn]
+Factory = Callable[[Decoder, Retraction, "RewardsParams", "AnswerJudge"], RewardFn]
 REWARDS: dict[str, Factory] = {}
 
 
@@ -56,7 +56,8 @@ def reward(name: str) -> Callable[[Factory], Factory]:
     """Register a reward factory under the name used in `grpo.reward_funcs`.
 
     A factory gets (tokenizer, retraction: the model's backtrack id and unit, options:
-    the whole `grpo.rewards` section) and returns the reward function. Each registered name has its own
+    the whole `grpo.rewards` section, judge: what a right final answer is, one for every
+    reward) and returns the reward function. Each registered name has its own
     options section in RewardsParams (a test keeps the two in step).
     """
 
@@ -71,12 +72,14 @@ def reward(name: str) -> Callable[[Factory], Factory]:
 
 def build_rewards(
     names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: RewardsParams | None = None,
-    *, unit: str = "token",
+    *, unit: str = "token", abstain: str = DEFAULT_ABSTAIN,
 ) -> list[RewardFn]:
     """The reward functions named in params, in order, each named as TRL will log it (`rewards/<name>/mean`).
 
     options is the parsed `grpo.rewards` section (defaults when None); unit is the
-    retraction unit of the model being trained (backtrack.unit_of its lineage). The params
+    retraction unit of the model being trained (backtrack.unit_of its lineage); abstain is the
+    phrase prepare wrote for unanswerable questions (data_dir/meta.json: its one home, read as
+    eval reads it, so training and eval never judge an abstention differently). The params
     layer has already refused unknown names; the check here is for callers that
     bypass it.
     """
@@ -84,11 +87,12 @@ def build_rewards(
 
     options = options if options is not None else RewardsParams()
     retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
+    judge = AnswerJudge.from_options(options.accuracy, abstain)
     functions = []
     for name in names:
         if name not in REWARDS:
             raise ParamsError(f"grpo.reward_funcs: no reward named {name!r}; registered: {', '.join(sorted(REWARDS))}")
-        fn = REWARDS[name](tokenizer, retraction, options)
+        fn = REWARDS[name](tokenizer, retraction, options, judge)
         fn.__name__ = fn.__qualname__ = name  # TRL names the reward's metrics after the function
         functions.append(fn)
     return functions
@@ -116,8 +120,9 @@ class AnswerJudge:
     abstain: str
 
     @classmethod
-    def from_options(cls, options: AccuracyRewardOptions) -> AnswerJudge:
-        return cls(pattern=options.answer_pattern, abstain=options.abstain_answer)
+    def from_options(cls, options: AccuracyRewardOptions, abstain: str = DEFAULT_ABSTAIN) -> AnswerJudge:
+        """The judge of grpo.rewards.accuracy, with the abstain phrase prepare wrote (data_dir/meta.json)."""
+        return cls(pattern=options.answer_pattern, abstain=abstain)
 
     def gold(self, answer: Any, answerable: bool) -> str | None:
         return normalize_answer(self.abstain if not answerable else str(answer))
@@ -166,7 +171,8 @@ def _log(columns: dict[str, Any], column: str, values: list) -> None:
 
 
 @reward("accuracy")
-def accuracy(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
+def accuracy(tokenizer: Decoder, retraction: Retraction, options: RewardsParams,
+             judge: AnswerJudge) -> RewardFn:
     """1.0 when the resolved completion's final answer equals the gold answer, else 0.0.
 
     The final answer is the last match of grpo.rewards.accuracy.answer_pattern,
@@ -175,7 +181,6 @@ def accuracy(tokenizer: Decoder, retraction: Retraction, options: RewardsParams)
     unanswerable question (`answerable` false) the gold answer is the abstain
     phrase, so abstaining scores 1.0 there and 0.0 on an answerable question.
     """
-    judge = AnswerJudge.from_options(options.accuracy)
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
         golds = gold_answers(judge, "accuracy", len(completion_ids), columns)
@@ -191,7 +196,8 @@ def accuracy(tokenizer: Decoder, retraction: Retraction, options: RewardsParams)
 
 
 @reward("format")
-def answer_format(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
+def answer_format(tokenizer: Decoder, retraction: Retraction, options: RewardsParams,
+                  judge: AnswerJudge) -> RewardFn:
     """1.0 when the resolved completion ends with the trained answer sentence, else 0.0.
 
     The sentence is the last match of grpo.rewards.accuracy.answer_pattern,
@@ -309,14 +315,16 @@ class BacktrackScorer:
 
 
 @reward("backtrack")
-def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
+def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsParams,
+                  judge: AnswerJudge) -> RewardFn:
     """Shape backtrack use: reward a retraction that turned wrong text into a right answer, penalise waste.
 
     Scored per completion; the first matching row wins. n = backtrack tokens in
     the completion; a *run* is a maximal stretch of consecutive backtracks;
     "right" is the accuracy reward's judgement (grpo.rewards.accuracy), on the
     resolved completion. Options: grpo.rewards.backtrack.{max_backtracks,
-    fix_reward, penalty}.
+    fix_reward, penalty}; max_backtracks: auto is resolved from the SFT lineage
+    before this runs (resolve_max_backtracks).
 
     | row             | condition                                                   | reward                      |
     |-----------------|-------------------------------------------------------------|-----------------------------|
@@ -350,8 +358,10 @@ def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
     detour costs tokens. Nothing-but-backtracks is never positive. Over the cap
     the penalty grows with n, so GRPO's group comparison still prefers fewer.
     """
-    judge = AnswerJudge.from_options(options.accuracy)
     opts = options.backtrack
+    if not isinstance(opts.max_backtracks, int):  # train_grpo resolves auto (resolve_max_backtracks) first
+        raise ParamsError("grpo.rewards.backtrack.max_backtracks: 'auto' was not resolved from the SFT lineage "
+                          "(rewards.resolve_max_backtracks); set a number")
     scorer = BacktrackScorer(tokenizer, retraction, judge, opts.max_backtracks, opts.fix_reward, opts.penalty)
 
     def score(prompts, completions, completion_ids, **columns) -> list[float]:
@@ -363,11 +373,46 @@ def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
     return score
 
 
+#: max_backtracks: auto = this many times the most backtracks one SFT example carried. Sampling a
+#: policy that SFT taught to retract one error makes runs of about that length (one
+#: wrong step is ~20 backtracks for the token unit with a real tokenizer); twice it leaves room for a second error, or a
+#: slightly long run, before the over-cap penalty starts.
+AUTO_MARGIN = 2
+
+
+def resolve_max_backtracks(options: RewardsParams, sft_lengths: dict[str, Any] | None, *,
+                           needed: bool) -> RewardsParams:
+    """options with grpo.rewards.backtrack.max_backtracks: auto replaced by a number, so that number is what runs
+    and what the resolved params and lineage record.
+
+    auto = max(1, AUTO_MARGIN x the most backtracks one SFT example carried): `lengths.max_backtracks`,
+    which train_sft records in the start model's lineage (sft_lengths: lineage.trained_lengths of it).
+    The count is in backtrack tokens, so it fits the unit the model was trained with: ~20 per wrong
+    step for `token` with a real tokenizer, 1 per wrong step for `step` and `retry`; error-free SFT
+    data gives 1 (the floor: the over-cap penalty divides by it). An int is kept as it is. With no
+    such record auto stays unresolved when the backtrack reward is unused (needed false) and is a
+    DataError when it is used.
+    """
+    from dataclasses import replace
+
+    if options.backtrack.max_backtracks != "auto":
+        return options
+    most = (sft_lengths or {}).get("max_backtracks")
+    if most is None:
+        if not needed:
+            return options
+        raise DataError("grpo.rewards.backtrack.max_backtracks: auto needs the SFT model's lineage.json to record "
+                        "lengths.max_backtracks (train_sft writes it; rerun train_sft), or set a number")
+    value = max(1, AUTO_MARGIN * int(most))
+    return replace(options, backtrack=replace(options.backtrack, max_backtracks=value))
+
+
 # --------------------------------------------------------------------------- length
 
 
 @reward("length")
-def length_budget(tokenizer: Decoder, retraction: Retraction, options: RewardsParams) -> RewardFn:
+def length_budget(tokenizer: Decoder, retraction: Retraction, options: RewardsParams,
+                  judge: AnswerJudge) -> RewardFn:
     """A soft penalty over a token budget: 0.0 up to max_tokens, then falling linearly to -penalty at twice it.
 
     Tokens are the raw completion's, backtracks and the end-of-turn token

@@ -126,6 +126,26 @@ def attach(trainer: Any, directory: str | Path, *, resume_step: int | None = Non
     return callback
 
 
+def add_to_summary(directory: str | Path, values: dict[str, Any]) -> None:
+    """Merge values known only after training into the summary `attach` wrote (rank 0; others do nothing).
+
+    DVCLive has ended with the Trainer's on_train_end; the summary is its metrics.json, written
+    back the way DVCLive writes it, so `dvc metrics show` lists these beside the loss.
+    """
+    from dvclive.serialize import dump_json
+
+    from llmhalluc.launcher import is_main_process
+
+    if not is_main_process():
+        return
+    path = Path(directory) / "metrics.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in values.items():
+        summary[key] = {**summary[key], **value} if isinstance(value, dict) and isinstance(summary.get(key), dict) \
+            else value
+    dump_json(summary, str(path))
+
+
 def checkpoint_step(checkpoint: str | None) -> int | None:
     """The global step of a checkpoint-N folder (None for a fresh start)."""
     return None if checkpoint is None else int(Path(checkpoint).name.rsplit("-", 1)[1])
@@ -137,7 +157,8 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
 RAW, RESOLVED, BACKTRACKS = "raw", "resolved", "backtracks"
 
 
-def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit: str = "token") -> Any:
+def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit: str = "token",
+                        judge: Any = None) -> Any:
     """Wrap one reward function so each generation batch also logs what rewards cannot show.
 
     TRL hands reward functions `log_metric` (a scalar averaged per logging interval) and
@@ -146,6 +167,11 @@ def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit:
     with its backtracks visible (TRL's own text is decoded with skip_special_tokens) and the
     backtrack-resolved text (by the model's retraction unit, as the rewards resolve). The reward
     itself is returned unchanged, under the same name.
+
+    With `judge` (the accuracy reward's rewards.AnswerJudge) and the dataset's `answer` column, also
+    what the backtracks did to the answer, as shares of the batch's completions (`backtrack_effects`):
+    `backtracks/corrected` (wrong with the backtrack tokens merely stripped, every retracted token
+    kept; right once resolved) and `backtracks/broken` (right stripped, wrong resolved).
     """
     from llmhalluc.backtrack import count_backtracks, retraction_for
 
@@ -156,6 +182,10 @@ def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit:
         if log_metric is not None and counts:
             log_metric("backtracks/mean_per_completion", sum(counts) / len(counts))
             log_metric("backtracks/share_with_any", sum(c > 0 for c in counts) / len(counts))
+            if judge is not None and "answer" in columns:
+                corrected, broken = backtrack_effects(tokenizer, retraction, judge, completion_ids, columns)
+                log_metric("backtracks/corrected", corrected)
+                log_metric("backtracks/broken", broken)
         if log_extra is not None:
             log_extra(RAW, [tokenizer.decode(ids, skip_special_tokens=False) for ids in completion_ids])
             log_extra(RESOLVED, [tokenizer.decode(retraction.resolve(ids), skip_special_tokens=True)
@@ -166,6 +196,30 @@ def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit:
 
     observed.__name__ = reward_fn.__name__
     return observed
+
+
+def backtrack_effects(tokenizer: Any, retraction: Any, judge: Any, completion_ids: list[list[int]],
+                      columns: dict[str, Any]) -> tuple[float, float]:
+    """(corrected, broken): shares of the completions whose backtracks turned a wrong answer right, or a right
+    one wrong. "Stripped" is the completion with its backtrack tokens removed and nothing retracted (the text
+    a reader who ignores the token sees); "resolved" applies them by the unit. A completion without
+    backtracks is neither. Judged as the accuracy reward judges (rewards.AnswerJudge, rewards.gold_answers)."""
+    from llmhalluc.rewards import gold_answers
+
+    if not completion_ids:
+        return 0.0, 0.0
+    golds = gold_answers(judge, "accuracy", len(completion_ids), columns)
+    corrected = broken = 0
+    for ids, gold in zip(completion_ids, golds, strict=True):
+        if retraction.backtrack_id not in ids:
+            continue
+        stripped = tokenizer.decode([i for i in ids if i != retraction.backtrack_id], skip_special_tokens=True)
+        resolved = tokenizer.decode(retraction.resolve(ids), skip_special_tokens=True)
+        right_stripped = gold is not None and judge.final(stripped, gold) == gold
+        right_resolved = gold is not None and judge.final(resolved, gold) == gold
+        corrected += right_resolved and not right_stripped
+        broken += right_stripped and not right_resolved
+    return corrected / len(completion_ids), broken / len(completion_ids)
 
 
 class CompletionsTable(TrainerCallback):

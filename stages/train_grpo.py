@@ -9,6 +9,11 @@ grpo.lora.enabled, GRPO then trains its *own* adapter (plus the backtrack token'
 on those weights, and models/grpo holds only that adapter; its lineage names models/sft
 as the parent, so merge (and llmhalluc.models.load_model_and_tokenizer) rebuild
 base -> SFT -> GRPO exactly. Without LoRA, models/grpo holds full weights.
+
+grpo.rollout_backtrack_bias adds to the backtrack token's logit while rollouts are sampled, and only
+there (llmhalluc.training.rollout_bias_kwargs: how it reaches TRL, and why the updates are then
+off-policy by the bias). grpo.rewards.backtrack.max_backtracks: auto is sized from the SFT data
+(llmhalluc.rewards.resolve_max_backtracks); the resolved params hold the number that ran.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from pathlib import Path
 # temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llmhalluc.answers import DEFAULT_ABSTAIN
 from llmhalluc.backtrack import DEFAULT_TOKEN
-from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
 from llmhalluc.launcher import print_once
 from llmhalluc.params import Section, resolved, trl_config
 from llmhalluc.stage import run_stage
@@ -37,20 +43,23 @@ def main(section: Section) -> None:
     from llmhalluc import lineage, models, tracking
     from llmhalluc.backtrack import unit_of
     from llmhalluc.errors import DataError
-    from llmhalluc.rewards import build_rewards
+    from llmhalluc.rewards import AnswerJudge, build_rewards, resolve_max_backtracks
     from llmhalluc.trainers import fit, publish
-    from llmhalluc.training import lora_config, seed_everything, with_adapter
+    from llmhalluc.training import lora_config, seed_everything, with_adapter, with_rollout_bias
 
     p = section.project
     config = trl_config(section)
-    params = resolved(section, config)
     seed_everything(config.seed)
     data_file = Path(p.data_dir) / "grpo.jsonl"
     records = read_jsonl(data_file)
+    abstain = read_abstain_answer(p.data_dir, DEFAULT_ABSTAIN)  # prepare's phrase: eval judges by the same one
 
     # The start point, and the backtrack token as SFT recorded it.
     start = p.model_name_or_path
     upstream = lineage.read_lineage(start) if Path(start).is_dir() else None
+    # The backtrack reward's cap sized from SFT's data (max_backtracks: auto), before any model loads.
+    p.rewards = resolve_max_backtracks(p.rewards, lineage.trained_lengths(upstream),
+                                       needed="backtrack" in p.reward_funcs)
     model, tokenizer = models.load_model_and_tokenizer(start, dtype=p.dtype,
                                                        trust_remote_code=config.trust_remote_code)
     token = upstream["backtrack_token"] if upstream else DEFAULT_TOKEN
@@ -60,12 +69,18 @@ def main(section: Section) -> None:
 
     lineage.warn_if_cut(upstream, config.max_completion_length, "grpo.max_completion_length", log=print_once)
 
+    # What runs is what is recorded: the rollout-only backtrack bias as the generation_kwargs entry the trainer
+    # samples with, and the resolved max_backtracks.
+    config = with_rollout_bias(config, p.rollout_backtrack_bias, backtrack_id)
+    params = resolved(section, config)
+
     # Conversational prompts as TRL expects; ground truth reaches the rewards as columns.
     dataset = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable}
                                  for r in records])
     unit = unit_of(upstream)  # rewards resolve completions as the start model was trained to retract
-    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards, unit=unit)
-    rewards[0] = tracking.observe_completions(rewards[0], tokenizer, backtrack_id, unit=unit)
+    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards, unit=unit, abstain=abstain)
+    rewards[0] = tracking.observe_completions(rewards[0], tokenizer, backtrack_id, unit=unit,
+                                              judge=AnswerJudge.from_options(p.rewards.accuracy, abstain))
 
     if p.lora.enabled:
         model = with_adapter(model, lora_config(p.lora, backtrack_id, model))
@@ -81,6 +96,7 @@ def main(section: Section) -> None:
     publish(trainer, tokenizer, config, params, p.model_dir, "train_grpo", lora=p.lora.enabled, adapter_base=start,
             shards=shards, record={
                 "backtrack_token": token, "backtrack_id": backtrack_id, "retraction": {"unit": unit},
+                "rollout_backtrack_bias": p.rollout_backtrack_bias,  # of the rollouts only, never of this model
                 "vocab_rows": (trainer.model.get_base_model() if p.lora.enabled else trainer.model)
                 .get_input_embeddings().weight.shape[0],
                 "base": base, "parent": {"path": start, "lineage": upstream}, "data": data})

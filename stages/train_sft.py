@@ -1,6 +1,7 @@
 """train_sft: params.yaml[sft] + data/prepared/sft.jsonl -> models/sft (+ DVCLive curves in dvclive/train_sft).
 
-Reads top to bottom: params, model and backtrack token, data to ids, train (resumable), save.
+Reads top to bottom: params, model and backtrack token, data to ids, train (resumable; the token's
+reach measured before and after), save.
 models/sft holds full weights, or (sft.lora.enabled) a LoRA adapter whose trainable tokens
 carry the backtrack token's input and output rows; lineage.json says which, and how to
 rebuild the base (the built-in base is saved inside, in models/sft/base).
@@ -40,9 +41,9 @@ def main(section: Section) -> None:
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from llmhalluc import lineage, models
+    from llmhalluc import diagnostics, lineage, models, tracking
     from llmhalluc.trainers import fit, publish
-    from llmhalluc.training import lora_config, seed_everything, with_adapter
+    from llmhalluc.training import lora_config, scale_backtrack_update, seed_everything, sharded, with_adapter
 
     p = section.project
     config = trl_config(section)
@@ -85,10 +86,31 @@ def main(section: Section) -> None:
     base = lineage.base_record(p.model_name_or_path, saved_as="base" if base_dir else None, loaded_from=name,
                                gguf=gguf)
     data = lineage.data_record(data_file)
+
+    # How reachable the token is (P(backtrack) after a wrong vs right step) as initialised, and after training.
+    reachable: dict = {}
+    report, probed = p.backtrack.report_problems > 0, records[:p.backtrack.report_problems]  # as prepared
+
+    def reachability(trained) -> dict:
+        return diagnostics.reachability(trained, tokenizer, probed,
+                                        backtrack_id=backtrack_id, unit=p.backtrack.unit, seed=config.seed,
+                                        batch_size=config.per_device_eval_batch_size)
+
+    def start(trainer) -> None:
+        """What every pass's trainer gets before it trains; the reach is measured before the first."""
+        nonlocal report
+        scale_backtrack_update(trainer, backtrack_id, p.backtrack.lr_multiplier)  # m = 1: nothing attached
+        if report and "before" not in reachable:
+            if sharded(trainer):  # sharded rows: no plain forward pass
+                report = False
+                print_once("note: sft.backtrack.report_problems: P(backtrack) is not measured under ZeRO-3 / FSDP")
+            else:
+                reachable["before"] = reachability(trainer.model)
+
     identity, own, own_summary = {"data": data["sha256"], "base": base}, p.own_errors, None
     if own.rate > 0:  # two passes: clean, then a share of the records with the model's own mistakes
         model, records, own_summary = own_errors_pass(model, tokenizer, records, config, params, identity, own,
-                                                      backtrack_id=backtrack_id, mask_errors=p.mask_errors,
+                                                      start, backtrack_id=backtrack_id, mask_errors=p.mask_errors,
                                                       unit=p.backtrack.unit)
         identity = {**identity, "own_errors": hashlib.sha256(records_jsonl(records).encode()).hexdigest()}
         config = replace(config, max_steps=config.max_steps - own.after_steps)  # equal budget with one pass
@@ -96,7 +118,8 @@ def main(section: Section) -> None:
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
     examples, prompt_lengths = encode_records(records, tokenizer, backtrack_id, mask_errors=p.mask_errors,
                                               unit=p.backtrack.unit)
-    lengths = lineage.length_record(examples, prompt_lengths, config.max_length)  # GRPO and eval check against it
+    # What GRPO and eval check their limits against, and what grpo.rewards.backtrack.max_backtracks: auto sizes from.
+    lengths = lineage.length_record(examples, prompt_lengths, config.max_length, backtrack_id=backtrack_id)
     if lengths["truncated_examples"]:
         print_once(f"warning: sft.max_length {config.max_length} cuts {lengths['truncated_examples']} of "
                    f"{len(examples)} SFT examples (longest {lengths['max_example_tokens']} tokens): their ends, "
@@ -105,11 +128,17 @@ def main(section: Section) -> None:
 
     # Train, resuming the same run's last complete checkpoint if a killed run left one.
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    start(trainer)
     summary = {"data": {**lengths, "examples": len(examples)}}  # truncation in dvc metrics show
+    if report:
+        summary["backtrack_reachability"] = reachable
     if own_summary is not None:  # the mined share too
         summary["own_errors"] = {k: v for k, v in own_summary.items() if k != "examples"}
     result, shards = fit(trainer, config, params, identity, LIVE_DIR, "train_sft", summary=summary,
                          step_offset=own.after_steps if own_summary is not None else 0)
+    if report:
+        reachable["after"] = reachability(trainer.model)
+        tracking.add_to_summary(LIVE_DIR, {"backtrack_reachability": {"after": reachable["after"]}})
 
     # A LoRA adapter names its base as a user would load it from the repository root (never a cache
     # folder of this machine: a GGUF base is named as params name it, lineage has the rest).
@@ -121,20 +150,24 @@ def main(section: Section) -> None:
                 "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (unit_of)
                 "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
                 "base": base, "parent": None, "data": data,
+                **({"backtrack_reachability": reachable} if report else {}),
                 **({"own_errors": {**own_summary, "file": OWN_ERRORS_FILE}} if own_summary is not None else {})})
-    if is_main_process():
-        if base_dir:
+    if base_dir:
+        trainer.accelerator.wait_for_everyone()  # every rank has copied the base in publish before it goes
+        if is_main_process():
             shutil.rmtree(base_dir)
+    if is_main_process():
         shutil.rmtree(Path(config.output_dir) / CLEAN_DIR, ignore_errors=True)  # the first pass's, now done
     steps = result.global_step + (own.after_steps if own_summary is not None else 0)
     print(f"train_sft: {steps} steps, loss {result.training_loss:.4f} -> {p.model_dir}")
 
 
-def own_errors_pass(model, tokenizer, records, config, params: dict, identity: dict, own, *, backtrack_id: int,
-                    mask_errors: bool, unit: str):
+def own_errors_pass(model, tokenizer, records, config, params: dict, identity: dict, own, start, *,
+                    backtrack_id: int, mask_errors: bool, unit: str):
     """Pass 1 of sft.own_errors: after_steps steps on the records without errors (resumable, its checkpoints
     in output_dir/clean), then mining a seeded `rate` share of the records (seed sft.seed). Returns the
-    trained model, the records (a mined one's errors replaced by its own error) and the mining summary."""
+    trained model, the records (a mined one's errors replaced by its own error) and the mining summary.
+    start(trainer) is what main gives every pass's trainer before it trains."""
     from datasets import Dataset
     from trl import SFTTrainer
 
@@ -146,6 +179,7 @@ def own_errors_pass(model, tokenizer, records, config, params: dict, identity: d
     first = replace(config, max_steps=own.after_steps, output_dir=str(Path(config.output_dir) / CLEAN_DIR))
     trainer = SFTTrainer(model=model, args=first, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer)
+    start(trainer)
     fit(trainer, first, params, {**identity, "pass": "clean"}, LIVE_DIR, "train_sft", last_step=own.after_steps,
         reload_finished=True)
     chosen = choose(records, own.rate, config.seed)
@@ -162,6 +196,7 @@ def own_errors_pass(model, tokenizer, records, config, params: dict, identity: d
 
 def records_jsonl(records) -> str:
     return "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records)
+
 
 
 def encode_records(records, tokenizer, backtrack_id: int, *, mask_errors: bool,

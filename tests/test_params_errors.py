@@ -36,12 +36,22 @@ CASES = [
      ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format]",
      ["grpo.reward_funcs[0]: no reward named 'acuracy'", "did you mean 'accuracy'"]),
-    ("train_grpo", "      max_backtracks: 16 ", "      max_backtrak: 16 ",
+    ("train_grpo", "      max_backtracks: auto ", "      max_backtrak: auto ",
      ["grpo.rewards.backtrack.max_backtrak: unknown key", "did you mean grpo.rewards.backtrack.max_backtracks"]),
+    ("train_grpo", "      max_backtracks: auto ", "      max_backtracks: 0 ",
+     ["grpo.rewards.backtrack.max_backtracks: must be >= 1, got 0"]),
+    ("train_grpo", "  rollout_backtrack_bias: 0.0 ",
+     "  generation_kwargs: {sequence_bias: [[[1], 1.0]]}\n  rollout_backtrack_bias: 3.0 ",
+     ["grpo.generation_kwargs.sequence_bias: grpo.rollout_backtrack_bias 3.0 is applied through this same key"]),
+    ("train_grpo", "  rollout_backtrack_bias: 0.0 ", "  rollout_backtrack_bias: .nan ",
+     ["grpo.rollout_backtrack_bias: must be a finite number"]),
     ("train_grpo", "    backtrack:                  # shapes", "    backtrak:                  # shapes",
      ["grpo.rewards.backtrak: unknown key", "did you mean grpo.rewards.backtrack"]),
-    ("train_grpo", "      abstain_answer: unanswerable", "      abstain_answer: unanswerable\n      max_tokens: 3",
-     ["grpo.rewards.accuracy.max_tokens: unknown key", "valid keys: answer_pattern, abstain_answer"]),
+    ("train_grpo", "      answer_pattern: '(?i", "      max_tokens: 3\n      answer_pattern: '(?i",
+     ["grpo.rewards.accuracy.max_tokens: unknown key", "valid keys: answer_pattern"]),
+    # The abstain phrase has one home, prepare.abstain_answer: a second one in grpo is refused, not ignored.
+    ("train_grpo", "      answer_pattern: '(?i", "      abstain_answer: none\n      answer_pattern: '(?i",
+     ["grpo.rewards.accuracy.abstain_answer: unknown key"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: forty ",
      ["grpo.rewards.length.max_tokens: expected int, got str 'forty'"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: 0 ", ["grpo.rewards.length.max_tokens: must be >= 1"]),
@@ -155,7 +165,7 @@ def test_every_reward_with_its_options_passes_the_dry_run(tmp_path: Path, params
     """The opposite case, so the checks above cannot be passing by refusing everything."""
     text = edit(params_text, "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, format, backtrack, length]")
     text = edit(text, "reward_weights: [1.0, 0.5]", "reward_weights: [1.0, 0.5, 0.3, 0.2]")
-    text = edit(text, "      max_backtracks: 16 ", "      max_backtracks: 4 ")
+    text = edit(text, "      max_backtracks: auto ", "      max_backtracks: 4 ")
     (tmp_path / "params.yaml").write_text(text)
     result = run_stage_script("train_grpo", tmp_path, "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -163,4 +173,4 @@ def test_every_reward_with_its_options_passes_the_dry_run(tmp_path: Path, params
     assert resolved["reward_funcs"] == ["accuracy", "format", "backtrack", "length"]
     assert resolved["reward_weights"] == [1.0, 0.5, 0.3, 0.2]
     assert resolved["rewards"]["backtrack"] == {"max_backtracks": 4, "fix_reward": 1.0, "penalty": 1.0}
-    assert resolved["rewards"]["accuracy"]["abstain_answer"] == "unanswerable"
+    assert "abstain_answer" not in resolved["rewards"]["accuracy"]  # one home: prepare.abstain_answer

@@ -121,10 +121,10 @@ def test_gsm8k_local_file_answers_are_the_number_after_hashes(tmp_path: Path, pa
         assert not any("<<" in step or ">>" in step for step in record["steps"])
         assert record["steps"] and record["answerable"]
     by_question = {r["question"]: r for r in records}
-    natalia = next(r for q, r in by_question.items() if q.startswith("Natalia"))
-    assert natalia["steps"] == ["Natalia sold 48/2 = 24 clips in May.",
-                                "Natalia sold 48+24 = 72 clips altogether in April and May."]
-    assert {r["answer"] for r in records} >= {"1080", "-3", "2.5", "6", "1265"}
+    priya = next(r for q, r in by_question.items() if q.startswith("Priya"))
+    assert priya["steps"] == ["Priya baked 36/2 = 18 muffins on Tuesday.",
+                              "Priya baked 36+18 = 54 muffins on Monday and Tuesday."]
+    assert {r["answer"] for r in records} >= {"54", "10", "20", "1080", "-3", "2.5", "6", "1265"}
 
 
 def test_squad_v2_unanswerable_questions_get_the_abstain_answer(tmp_path: Path, params_text: str):
@@ -298,3 +298,18 @@ def test_gsm8k_offline_entries_read_data_raw_and_say_how_to_fill_it(tmp_path: Pa
     assert sorted(r["answer"] for r in prepared(work, "eval")) == ["10", "25"]  # the test file, and only it
     train = prepared(work, "sft") + prepared(work, "grpo")
     assert sorted(r["answer"] for r in train) == ["1080", "18", "53", "72"]
+
+
+def test_a_registry_entry_written_twice_is_an_error_naming_both_lines(tmp_path: Path, params_text: str):
+    """Two entries of one name: the second would silently replace the first in a plain dict."""
+    registry = EXTRA_ENTRIES + """
+arithmetic:
+  source: {builtin: arithmetic}
+  converter: arithmetic
+"""
+    work = workspace(tmp_path, params_text, registry)
+    result = run_stage_script("prepare", work, "--dry-run")
+    assert result.returncode == 2
+    last = len((work / "configs" / "datasets.yaml").read_text().splitlines()) - 2
+    assert f'datasets.yaml:{last}: invalid YAML: found duplicate key "arithmetic"' in result.stderr
+    assert not (work / "data" / "prepared").exists()

@@ -19,7 +19,7 @@ from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.converters import CONVERTERS, Context
 from llmhalluc.diagnostics import probe_item
 from llmhalluc.errors import DataError
-from llmhalluc.params.sections import ArithmeticParams, BacktrackAugmentParams
+from llmhalluc.params.sections import ArithmeticParams, BacktrackAugmentParams, BacktrackRewardOptions, RewardsParams
 from llmhalluc.rewards import backtrack_runs, build_rewards, resolved_texts
 from tests.conftest import ROOT, edit, run_stage_script
 
@@ -136,7 +136,8 @@ def test_a_step_the_unit_cannot_see_the_end_of_fails_at_encoding(tokenizers):
 def test_eval_and_rewards_resolve_identically(tokenizers, name: str, unit: str):
     tokenizer = tokenizers[name]
     bt = tokenizer.convert_tokens_to_ids(TOKEN)
-    accuracy, backtrack = build_rewards(["accuracy", "backtrack"], tokenizer, bt, None, unit=unit)
+    options = RewardsParams(backtrack=BacktrackRewardOptions(max_backtracks=16))
+    accuracy, backtrack = build_rewards(["accuracy", "backtrack"], tokenizer, bt, options, unit=unit)
     pattern = r"(?i:the answer is)\s*\$?(-?[\d,]*\.?\d+)"
     completions = [_render(tokenizer, unit, STEPS, ANSWER, errors)[0] for errors in ERROR_SETS]
     retraction = retraction_for(tokenizer, bt, unit=unit)

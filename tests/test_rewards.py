@@ -143,7 +143,8 @@ def test_build_rewards_names_each_function_as_trl_logs_it(tokenizer):
     bt = tokenizer.convert_tokens_to_ids(BACKTRACK)
     functions = build_rewards(["format", "accuracy", "length"], tokenizer, bt, RewardsParams())
     assert [get_callable_name(f) for f in functions] == ["format", "accuracy", "length"]
-    assert [f.__name__ for f in build_rewards(["backtrack"], tokenizer, bt, None)] == ["backtrack"]
+    assert [f.__name__ for f in build_rewards(["backtrack"], tokenizer, bt, options(
+        backtrack=BacktrackRewardOptions(max_backtracks=16)))] == ["backtrack"]
 
 
 def test_build_rewards_refuses_an_unknown_name(tokenizer):
@@ -208,9 +209,12 @@ def test_abstaining_is_right_only_on_unanswerable_questions(tokenizer, c, conver
     assert scores == [1.0, 0.0, 0.0, 1.0, 1.0]
 
 
-def test_the_abstain_phrase_is_an_option(tokenizer, c):
-    opts = options(accuracy=AccuracyRewardOptions(answer_pattern=r"The answer is (\w+)", abstain_answer="Unknown"))
-    scores, _ = call(one("accuracy", tokenizer, opts), tokenizer,
+def test_the_abstain_phrase_is_prepares(tokenizer, c):
+    """The phrase has one home, prepare.abstain_answer (data_dir/meta.json); the stage hands it to the rewards."""
+    opts = options(accuracy=AccuracyRewardOptions(answer_pattern=r"The answer is (\w+)"))
+    bt = tokenizer.convert_tokens_to_ids(BACKTRACK)
+    accuracy = build_rewards(["accuracy"], tokenizer, bt, opts, abstain="Unknown")[0]
+    scores, _ = call(accuracy, tokenizer,
                      [c.build("The answer is unknown."), c.build("The answer is unanswerable.")],
                      ["", ""], [False, False])
     assert scores == [1.0, 0.0]  # normalised: case does not matter; the default phrase is no longer it
@@ -253,7 +257,7 @@ def test_format_terminator_is_an_option(tokenizer, c):
 
 
 def backtrack_scores(tokenizer, ids, answers, answerable=None, conversational=False, **opts):
-    fn = one("backtrack", tokenizer, options(backtrack=BacktrackRewardOptions(**opts),
+    fn = one("backtrack", tokenizer, options(backtrack=BacktrackRewardOptions(**{"max_backtracks": 16, **opts}),
                                              accuracy=AccuracyRewardOptions(answer_pattern=ABSTAIN_PATTERN)))
     scores, logged = call(fn, tokenizer, ids, answers, answerable, conversational=conversational)
     return scores, logged["backtrack_rule"]
@@ -366,7 +370,7 @@ def test_grpo_trainer_calls_the_rewards_with_its_own_arguments(tokenizer, c, tmp
     model = AutoModelForCausalLM.from_pretrained(folder)
     names = ["accuracy", "format", "backtrack", "length"]
     rewards = build_rewards(names, tokenizer, c.bt, options(accuracy=AccuracyRewardOptions(
-        answer_pattern=ABSTAIN_PATTERN)))
+        answer_pattern=ABSTAIN_PATTERN), backtrack=BacktrackRewardOptions(max_backtracks=16)))
     prompt = [{"role": "user", "content": "Start with 3. Add 4. What is the result?"}]
     data = Dataset.from_list([{"prompt": prompt, "answer": "7", "answerable": True}] * 2)
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=2,

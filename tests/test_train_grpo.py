@@ -50,7 +50,7 @@ def test_lora_grpo_from_lora_sft(tmp_path: Path, sft_lora: Path, monkeypatch) ->
     metrics = json.loads((live / "metrics.json").read_text())["train"]
     assert {"reward", "reward_std", "kl"} <= set(metrics)
     assert set(metrics["rewards"]) == {"accuracy", "format"}
-    assert {"mean_per_completion", "share_with_any"} == set(metrics["backtracks"])
+    assert {"mean_per_completion", "share_with_any", "corrected", "broken"} == set(metrics["backtracks"])
     assert "mean_length" in metrics["completions"]
     assert (live / "plots/metrics/train/reward.tsv").read_text().split()[:2] == ["step", "reward"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from llmhalluc.answers import pattern_problem
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.schema import Section, nearest
-from llmhalluc.params.sections import BUILTIN_TINY
+from llmhalluc.params.sections import BUILTIN_TINY, ROLLOUT_BIAS_KEY
 from llmhalluc.rewards import REWARDS
 
 Problems = list[str]
@@ -121,18 +121,42 @@ def _reward_options(section: Section, problems: Problems) -> None:
 
     if problem := pattern_problem(rewards.accuracy.answer_pattern):
         bad("accuracy", "answer_pattern", message=problem)
-    if not rewards.accuracy.abstain_answer.strip():
-        bad("accuracy", "abstain_answer", message="must not be blank (it is the gold answer of unanswerable "
-            "questions), e.g. 'unanswerable'")
     for key, value in [("backtrack.max_backtracks", rewards.backtrack.max_backtracks),
                        ("length.max_tokens", rewards.length.max_tokens)]:
-        if value < 1:
+        if value != "auto" and value < 1:
             bad(*key.split("."), message=f"must be >= 1, got {value}")
     for key, value in [("backtrack.fix_reward", rewards.backtrack.fix_reward),
                        ("backtrack.penalty", rewards.backtrack.penalty),
                        ("length.penalty", rewards.length.penalty)]:
         if value < 0:
             bad(*key.split("."), message=f"must be >= 0 (the sign is the reward's), got {value}")
+
+
+def _rollout_bias(section: Section, problems: Problems) -> None:
+    """grpo.rollout_backtrack_bias reaches the sampler through GRPOConfig.generation_kwargs (rollout_bias_kwargs);
+    a generation_kwargs entry of the user's under the same name would silently win or lose."""
+    import math
+
+    bias = section.project.rollout_backtrack_bias
+    if not math.isfinite(bias):
+        problems.append(f"{section.where('rollout_backtrack_bias')}: grpo.rollout_backtrack_bias: must be a finite "
+                        f"number, got {bias}")
+        return
+    kwargs = section.trl.get("generation_kwargs")
+    if not bias or kwargs is None:
+        return
+    if isinstance(kwargs, str):  # TRL also takes a JSON string
+        import json
+
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            return  # TRL's own check names it
+    key = ROLLOUT_BIAS_KEY[bool(_trl_value(section, "use_vllm"))]
+    if isinstance(kwargs, dict) and key in kwargs:
+        problems.append(f"{section.where('generation_kwargs')}: grpo.generation_kwargs.{key}: grpo.rollout_backtrack_"
+                        f"bias {bias} is applied through this same key; remove one of them (or fold the backtrack "
+                        "bias into your own entry and set rollout_backtrack_bias: 0)")
 
 
 def _launcher(section: Section, problems: Problems) -> None:
@@ -203,6 +227,39 @@ def _lora(section: Section, problems: Problems) -> None:
         problems.append(f"{where('alpha')}: must be > 0, got {lora.alpha}")
     if not 0.0 <= lora.dropout < 1.0:
         problems.append(f"{where('dropout')}: must be in [0, 1), got {lora.dropout}")
+
+
+def _backtrack_token(section: Section, problems: Problems) -> None:
+    backtrack = section.project.backtrack
+    if not backtrack.lr_multiplier > 0:  # also refuses nan
+        problems.append(f"{section.where('backtrack', 'lr_multiplier')}: sft.backtrack.lr_multiplier: must be > 0 "
+                        f"(1: the token's rows train like every other row), got {backtrack.lr_multiplier}")
+    engine = _sharding_engine(section)
+    if backtrack.lr_multiplier != 1 and engine:
+        problems.append(f"{section.where('backtrack', 'lr_multiplier')}: sft.backtrack.lr_multiplier: "
+                        f"{backtrack.lr_multiplier} is not supported under {engine} (the optimiser's copy of the "
+                        "token's rows is sharded or kept apart, so the scaling would be lost); use 1.0 there")
+    if backtrack.report_problems < 0:
+        problems.append(f"{section.where('backtrack', 'report_problems')}: sft.backtrack.report_problems: must be "
+                        f">= 0 (0: no report), got {backtrack.report_problems}")
+
+
+def _sharding_engine(section: Section) -> str | None:
+    """DeepSpeed or FSDP where the TRL keys or the accelerate config ask for one, else None."""
+    from llmhalluc.launcher import read_accelerate_config
+
+    for key, engine in (("deepspeed", "DeepSpeed"), ("fsdp", "FSDP")):
+        if section.trl.get(key):
+            return f"{engine} ({section.name}.{key})"
+    launcher = section.project.launcher
+    if launcher.kind != "accelerate" or not launcher.config_file or not Path(launcher.config_file).is_file():
+        return None  # no config, or one the launcher rule reports
+    try:
+        kind = str(read_accelerate_config(launcher.config_file).get("distributed_type", "NO"))
+    except Exception:  # unreadable: the launcher rule reports it
+        return None
+    engine = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}.get(kind)
+    return f"{engine} ({launcher.config_file})" if engine else None
 
 
 def _output_dirs(section: Section, problems: Problems) -> None:
@@ -385,9 +442,9 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
         _positive("sizes.sft", "sizes.grpo", "sizes.eval", "arithmetic.min_steps", "arithmetic.max_operand",
                   "backtrack.errors_per_example"),
     ],
-    "sft": [_launcher, _lora, _output_dirs, _tiny_model, _gguf, _own_errors,
+    "sft": [_launcher, _lora, _backtrack_token, _output_dirs, _tiny_model, _gguf, _own_errors,
             _positive("tiny_model.vocab_size", "tiny_model.hidden_size", "tiny_model.num_layers")],
-    "grpo": [_grpo_batch, _grpo_rewards, _launcher, _lora, _output_dirs],
+    "grpo": [_grpo_batch, _grpo_rewards, _rollout_bias, _launcher, _lora, _output_dirs],
     "merge": [],
     "eval": [_eval_sampling, _eval_models, _eval_answers, _eval_backend, _eval_diagnostics,
              _positive("batch_size", "max_new_tokens", "probe.problems", "sampled.n", "sampled.problems")],

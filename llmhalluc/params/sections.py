@@ -118,6 +118,8 @@ class BacktrackTokenParams:
     noise_std: float = param(0.01, "noise added to the initial rows, relative to the mean row norm")
     unit: Literal["token", "step", "retry"] = param(
         "token", "what one backtrack retracts: token | step | retry (llmhalluc.backtrack); recorded with the model")
+    lr_multiplier: float = param(1.0, "the token's rows move m times as far per optimiser step (1: like every row)")
+    report_problems: int = param(16, "SFT records whose P(backtrack) is reported before and after training (0: off)")
 
 
 @dataclass
@@ -159,7 +161,6 @@ class AccuracyRewardOptions:
     """grpo.rewards.accuracy: what counts as the right final answer (the other rewards judge by it too)."""
 
     answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins)")
-    abstain_answer: str = param("unanswerable", "the answer that abstains: right on an unanswerable question only")
 
 
 @dataclass
@@ -173,7 +174,9 @@ class FormatRewardOptions:
 class BacktrackRewardOptions:
     """grpo.rewards.backtrack: how backtrack use is scored (the table in llmhalluc.rewards.backtrack_use)."""
 
-    max_backtracks: int = param(16, "backtrack tokens allowed in one completion before the penalty grows")
+    max_backtracks: int | Literal["auto"] = param(
+        "auto", "backtrack tokens allowed in one completion before the penalty grows; auto: 2 x the most one SFT "
+        "example carried (the SFT model's lineage), at least 1")
     fix_reward: float = param(1.0, "reward of a completion whose backtracks fixed a wrong span into a right answer")
     penalty: float = param(1.0, "penalty of backtracks that waste or harm (over the cap, wrong answer, ...)")
 
@@ -196,6 +199,11 @@ class RewardsParams:
     length: LengthRewardOptions = param(LengthRewardOptions(), "options of the length reward")
 
 
+#: The GRPOConfig.generation_kwargs entry grpo.rollout_backtrack_bias travels in, by GRPOConfig.use_vllm
+#: (transformers' GenerationConfig.sequence_bias, vLLM's SamplingParams.logit_bias; llmhalluc.training).
+ROLLOUT_BIAS_KEY = {False: "sequence_bias", True: "logit_bias"}
+
+
 @dataclass
 class GrpoParams:
     """params.yaml[grpo], besides GRPOConfig's own fields."""
@@ -205,6 +213,8 @@ class GrpoParams:
     model_dir: str = param("models/grpo", "where the trained model is written (the stage's out)")
     reward_funcs: list[str] = param(["accuracy", "format"], "reward functions by registry name")
     rewards: RewardsParams = param(RewardsParams(), "per-reward options, by reward name")
+    rollout_backtrack_bias: float = param(0.0, "added to the backtrack token's logit in GRPO rollouts only "
+                                          "(never in eval or the saved model); 0: unbiased sampling")
     dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
     lora: LoraParams = param(LoraParams(), "LoRA adapter options")
     launcher: LauncherParams = param(LauncherParams(), "how the trainer is started")
