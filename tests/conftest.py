@@ -22,6 +22,30 @@ def params_text() -> str:
     return (ROOT / "params.yaml").read_text()
 
 
+@pytest.fixture
+def grpo_recorder(monkeypatch) -> dict[str, list]:
+    """TRL's GRPOTrainer, recorded: every trainer built ("trainers") and every scored generation batch ("batches").
+
+    For tests that run the train_grpo stage in this process and read what the trainer really got.
+    """
+    import trl
+
+    seen: dict[str, list] = {"trainers": [], "batches": []}
+
+    class Recording(trl.GRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen["trainers"].append(self)
+
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            seen["batches"].append(out)
+            return out
+
+    monkeypatch.setattr(trl, "GRPOTrainer", Recording)
+    return seen
+
+
 def edit(text: str, old: str, new: str) -> str:
     assert old in text, f"test setup: {old!r} not in params.yaml"
     return text.replace(old, new, 1)

@@ -115,25 +115,11 @@ def sft_with_errors(tmp_path_factory) -> Path:
 
 
 def test_bias_in_rollouts_absent_from_the_saved_model_and_eval(tmp_path: Path, sft_with_errors: Path,
-                                                               monkeypatch) -> None:
-    import trl
-
+                                                               monkeypatch, grpo_recorder) -> None:
     from llmhalluc import evaluation
     from llmhalluc.models import load_model_and_tokenizer
 
-    seen: dict[str, list] = {"trainers": [], "batches": []}
-
-    class Recording(trl.GRPOTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            seen["trainers"].append(self)
-
-        def _generate_and_score_completions(self, inputs):
-            out = super()._generate_and_score_completions(inputs)
-            seen["batches"].append(out)
-            return out
-
-    monkeypatch.setattr(trl, "GRPOTrainer", Recording)
+    seen = grpo_recorder
     for name in ("data", "models"):
         shutil.copytree(sft_with_errors / name, tmp_path / name)
     run("train_grpo", "grpo", tmp_path, {"grpo.rollout_backtrack_bias": BIAS, "grpo.max_steps": 1,

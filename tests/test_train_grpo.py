@@ -62,23 +62,9 @@ def test_lora_grpo_from_lora_sft(tmp_path: Path, sft_lora: Path, monkeypatch) ->
     assert not list((folder / "checkpoints/grpo").glob("checkpoint-*"))
 
 
-def test_trainer_uses_the_params(tmp_path: Path, sft_lora: Path, monkeypatch) -> None:
+def test_trainer_uses_the_params(tmp_path: Path, sft_lora: Path, monkeypatch, grpo_recorder) -> None:
     """num_generations, max_completion_length and temperature, read off the trainer and its completions."""
-    import trl
-
-    seen: dict[str, list] = {"trainers": [], "batches": []}
-
-    class Recording(trl.GRPOTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            seen["trainers"].append(self)
-
-        def _generate_and_score_completions(self, inputs):
-            out = super()._generate_and_score_completions(inputs)
-            seen["batches"].append(out)
-            return out
-
-    monkeypatch.setattr(trl, "GRPOTrainer", Recording)
+    seen = grpo_recorder
     folder = project(tmp_path, sft_lora)
     run("train_grpo", "grpo", folder, {"grpo.num_generations": 4, "grpo.max_completion_length": 5,
                                        "grpo.temperature": 0.7, "grpo.per_device_train_batch_size": 8,
