@@ -90,7 +90,9 @@ def test_loads_via_auto_classes(tiny_dir: Path) -> None:
     assert not model.config.tie_word_embeddings
     assert model.get_input_embeddings().weight.data_ptr() != model.get_output_embeddings().weight.data_ptr()
     assert model.config.vocab_size == len(tokenizer) <= 512
-    assert model.get_input_embeddings().weight.shape == (len(tokenizer), 128)
+    from llmhalluc.params.sections import TinyModelParams
+
+    assert model.get_input_embeddings().weight.shape == (len(tokenizer), TinyModelParams.hidden_size)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     gen = model.generation_config
     assert gen.eos_token_id == tokenizer.eos_token_id

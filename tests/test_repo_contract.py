@@ -46,3 +46,32 @@ def test_ci_runs_the_readme_test_command_as_written():
     commands = re.findall(r"^(python3 -m venv .*)$", readme, re.MULTILINE)
     assert len(commands) == 2 and commands[0].endswith("dvc repro") and commands[1].endswith("pytest")
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_schema_defaults_are_the_values_params_yaml_spells_out():
+    """One default per project key: a key left out of params.yaml gets the same value the file shows.
+
+    Keys params.yaml leaves out (the launcher's optional config_file / main_process_port) have their
+    default in the schema alone; every key it writes must agree with the schema's default, so the
+    tiny model, the set sizes and the rest cannot differ between the file, the schema and the builder.
+    """
+    import dataclasses
+
+    from llmhalluc.params.sections import PROJECT_PARAMS
+
+    params = YAML(typ="safe").load((ROOT / "params.yaml").read_text())
+    disagree = []
+
+    def walk(cls: type, data: dict, path: str) -> None:
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if dataclasses.is_dataclass(default):
+                walk(type(default), data[f.name] or {}, f"{path}{f.name}.")
+            elif default != data[f.name]:
+                disagree.append(f"{path}{f.name}: schema {default!r}, params.yaml {data[f.name]!r}")
+
+    for name, cls in PROJECT_PARAMS.items():
+        walk(cls, params[name], f"{name}.")
+    assert not disagree, "\n".join(disagree)

@@ -44,8 +44,8 @@ class ArithmeticParams:
 class SplitSizes:
     """How many problems each prepared set gets."""
 
-    sft: int = param(2000, "SFT training examples")
-    grpo: int = param(256, "GRPO prompts")
+    sft: int = param(1500, "SFT training examples")
+    grpo: int = param(128, "GRPO prompts")
     eval: int = param(200, "held-out evaluation problems (never seen in training)")
 
 
@@ -81,10 +81,10 @@ class TinyModelParams:
     """Shape of the built-in model, used when model_name_or_path is the built-in name."""
 
     vocab_size: int = param(512, "BPE vocabulary size of the tokenizer trained on the prepared data")
-    hidden_size: int = param(128, "width of the transformer")
-    num_layers: int = param(2, "number of transformer layers")
+    hidden_size: int = param(192, "width of the transformer")
+    num_layers: int = param(3, "number of transformer layers")
     num_heads: int = param(4, "attention heads (must divide hidden_size)")
-    intermediate_size: int = param(256, "width of the MLP")
+    intermediate_size: int = param(384, "width of the MLP")
     seed: int = param(0, "seed of the random initial weights")
 
 
