@@ -8,7 +8,9 @@ Greedy accuracy and the backtrack rate say *that* a model never backtracks, not
 - counting: given a first backtrack, it emits exactly as many as the error has
   tokens, then stops (the unit of today's per-token backtrack);
 - repair: after an exact retraction, it writes the right step (and reaches the
-  right final answer);
+  right final answer); beside it the same step written from the context with
+  the retracted tokens gone (`repair_step_resolved`), which tells a model that
+  cannot write the step from one that the wrong step left in its context derails;
 - and end to end, correction (greedy from the wrong prefix: it backtracks, its
   resolved answer is right) against false positives (greedy from the right
   prefix: it backtracks anyway).
@@ -268,8 +270,10 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
     repair = [i.prompt + i.context + i.wrong + i.retraction for i in items]
     correction = [i.prompt + i.context + i.wrong for i in items]
     false_positive = right_seqs
+    resolved_prefix = [i.prompt + i.context for i in items]  # the retraction applied to the context itself
     sampling = evaluation.Sampling(max_new_tokens=max_new_tokens)
-    generated = evaluation.generate_transformers(model, tokenizer, repair + correction + false_positive,
+    generated = evaluation.generate_transformers(model, tokenizer,
+                                                 repair + correction + false_positive + resolved_prefix,
                                                  batch_size=batch_size, sampling=sampling)
     n = len(items)
     rows = []
@@ -281,8 +285,9 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
         repaired = score(item.context + item.wrong + item.retraction + generated[index], item.record)
         corrected = score(item.context + item.wrong + generated[n + index], item.record)
         kept = score(item.context + item.right + generated[2 * n + index], item.record)
+        fresh = score(item.context + generated[3 * n + index], item.record)
         expected = tokenizer.decode(item.context + item.right, skip_special_tokens=True)
-        rest = repaired["resolved"][len(expected):]
+
         rows.append({
             "id": item.record.id, "position": item.position, "right_step": item.right_step,
             "wrong_step": item.wrong_step, "error_tokens": len(item.wrong),
@@ -291,14 +296,24 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
             "p_backtrack_wrong": wrong_stats[index][0][0],
             "p_backtrack_right": right_stats[index][0][0],
             "counting_exact": counted,
-            "repair_step": repaired["resolved"].startswith(expected) and (not rest or rest[0].isspace()),
+            "repair_step": _writes_step(repaired["resolved"], expected),
+            # The same step written with the retracted tokens gone from the context (as if generation rolled
+            # its cache back): repair_step far below it means the wrong step left in context is what breaks it.
+            "repair_step_resolved": _writes_step(fresh["resolved"], expected),
             "repair_answer": repaired["correct"],
             "correction_backtracked": corrected["backtracks"] > 0,
             "correction_right": corrected["correct"],
             "false_positive": kept["backtracks"] > 0,
             "repair": repaired["raw"], "correction": corrected["raw"], "continuation_right": kept["raw"],
+            "continuation_resolved": fresh["raw"],
         })
     return rows
+
+
+def _writes_step(resolved: str, expected: str) -> bool:
+    """Whether the resolved text is the expected text (context + the right step), then a break or nothing."""
+    rest = resolved[len(expected):]
+    return resolved.startswith(expected) and (not rest or rest[0].isspace())
 
 
 def summarize_probe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -312,8 +327,8 @@ def summarize_probe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "detection_p_right": _mean(right),
         "detection_auroc": auroc(wrong, right),
         **{key: share(sum(r[key] for r in rows), n) for key in (
-            "counting_exact", "repair_step", "repair_answer", "correction_backtracked", "correction_right",
-            "false_positive")},
+            "counting_exact", "repair_step", "repair_step_resolved", "repair_answer", "correction_backtracked",
+            "correction_right", "false_positive")},
     }
 
 

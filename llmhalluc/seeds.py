@@ -41,6 +41,7 @@ DEFAULT_METRICS = (
     "*.probe.detection_auroc",
     "*.probe.counting_exact",
     "*.probe.repair_step",
+    "*.probe.repair_step_resolved",
     "*.probe.correction_right",
     "*.probe.false_positive",
 )

@@ -48,7 +48,8 @@ PLOTTED = ["accuracy", "accuracy_unresolved", "hallucination_rate", "abstention_
 DIAGNOSTICS_PLOTTED = {
     "detection_auroc": ("probe", "detection_auroc"), "detection_p_wrong": ("probe", "detection_p_wrong"),
     "detection_p_right": ("probe", "detection_p_right"), "counting_exact": ("probe", "counting_exact"),
-    "repair_step": ("probe", "repair_step"), "repair_answer": ("probe", "repair_answer"),
+    "repair_step": ("probe", "repair_step"), "repair_step_resolved": ("probe", "repair_step_resolved"),
+    "repair_answer": ("probe", "repair_answer"),
     "correction_backtracked": ("probe", "correction_backtracked"), "correction_right": ("probe", "correction_right"),
     "false_positive": ("probe", "false_positive"), "own_auroc": ("own_errors", "auroc"),
     "own_retracted_wrong": ("own_errors", "retracted_wrong"), "sampled_accuracy": ("sampled", "accuracy"),

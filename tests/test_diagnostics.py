@@ -157,6 +157,8 @@ class Scripted:
       never:   follows T while on it, else ends; the backtrack logit is -inf;
       always:  as perfect, but also backtracks after every right step;
       erring:  first writes a near miss of step 0 and its exact retraction (script), then as perfect.
+      derailed: as never, but with a backtrack anywhere in what it has written it ends at once (the
+               retracted tokens left in context break it; from a clean context it is right).
     """
 
     def __init__(self, tokenizer, records: list[Record], mode: str) -> None:
@@ -190,7 +192,9 @@ class Scripted:
             return script[len(written)] if len(written) < len(script) else self.eos
         resolved = resolve_ids(written, self.bt)
         on_track = resolved == target[:len(resolved)]
-        if self.mode == "never":
+        if self.mode == "derailed" and self.bt in written:
+            return self.eos
+        if self.mode in ("never", "derailed"):
             return target[len(resolved)] if on_track and len(resolved) < len(target) else self.eos
         if not on_track or (written and written[-1] == self.bt and len(resolved) not in boundaries):
             return self.bt
@@ -204,7 +208,7 @@ class Scripted:
 
         row = torch.zeros(self.vocab)
         row[self.next_id(ids)] = 30.0
-        if self.mode == "never":
+        if self.mode in ("never", "derailed"):
             row[self.bt] = float("-inf")
         return row
 
@@ -266,7 +270,7 @@ def test_a_model_that_retracts_exactly_its_wrong_steps_scores_full_marks(tokeniz
     assert diagnosis.metrics["probe"] == {
         "items": 5,  # 2 + 1 + 2 steps
         "detection_p_wrong": 1.0, "detection_p_right": 0.0, "detection_auroc": 1.0,
-        "counting_exact": 1.0, "repair_step": 1.0, "repair_answer": 1.0,
+        "counting_exact": 1.0, "repair_step": 1.0, "repair_step_resolved": 1.0, "repair_answer": 1.0,
         "correction_backtracked": 1.0, "correction_right": 1.0, "false_positive": 0.0,
     }
     row = diagnosis.probe_rows[0]
@@ -285,6 +289,20 @@ def test_a_model_that_never_backtracks(tokenizer, records):
     assert probe["correction_backtracked"] == 0.0 and probe["correction_right"] == 0.0
     assert probe["false_positive"] == 0.0
     assert probe["repair_step"] == 1.0 and probe["repair_answer"] == 1.0  # given the retraction, it goes on right
+
+
+def test_repair_from_the_resolved_context_tells_a_derailed_model_from_one_that_cannot_write_the_step(
+        tokenizer, records):
+    """A model that writes every step right from a clean context, but stops once a backtrack is in its context."""
+    derailed = _diagnose(tokenizer, records, "derailed", sampled=SampledParams(enabled=False),
+                         own_errors=OwnErrorsParams(enabled=False))
+    assert derailed.metrics["probe"]["repair_step"] == 0.0
+    assert derailed.metrics["probe"]["repair_step_resolved"] == 1.0
+    assert all(row["right_step"] in row["continuation_resolved"] and BT not in row["continuation_resolved"]
+               for row in derailed.probe_rows)
+    never = _diagnose(tokenizer, records, "never", sampled=SampledParams(enabled=False),
+                      own_errors=OwnErrorsParams(enabled=False)).metrics["probe"]
+    assert never["repair_step"] == never["repair_step_resolved"] == 1.0
 
 
 def test_a_model_that_always_backtracks_has_only_false_positives(tokenizer, records):
