@@ -72,3 +72,18 @@ def test_benchmarks_readme_shows_the_published_results_as_run_py_renders_them():
     readme = (ROOT / "benchmarks" / "README.md").read_text()
     assert rendered in readme, (f"benchmarks/README.md does not hold the table of {bench.RESULTS.name}; "
                                 f"paste what `python benchmarks/run.py` printed:\n{rendered}")
+
+
+def test_published_results_name_a_commit_of_this_history():
+    """results/latest.json says which code it measured: a commit that main contains, so the README's figures
+    can be traced to code that existed (not 'commit not recorded', not a commit from elsewhere)."""
+    import re
+
+    code = json.loads(bench.RESULTS.read_text()).get("code") or {}
+    commit = code.get("commit") or ""
+    assert re.fullmatch(r"[0-9a-f]{40}", commit), f"{bench.RESULTS.name} records no commit: re-run benchmarks/run.py"
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip() == "true"
+    if not shallow:  # a shallow clone may not hold it; a full history must
+        ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=ROOT)
+        assert ancestor.returncode == 0, f"{commit[:12]} is not in this branch's history"
