@@ -338,6 +338,16 @@ def summarize_probe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 _SENTENCE_BREAK = re.compile(r"(?<=\.)\s+")
 
 
+def split_steps(text: str) -> list[str]:
+    """The sentences of a resolved completion, each ending in '.' except perhaps an unfinished last one.
+
+    A step ends with '.' followed by white space or the end, so "7.5" stays one step; step_ends
+    reads the last of them, and mining walks them all against the gold steps.
+    """
+    text = text.strip()
+    return [s for s in _SENTENCE_BREAK.split(text) if s] if text else []
+
+
 def step_ends(ids: Sequence[int], tokenizer: Any, backtrack_id: int, unit: str = "token") -> list[tuple[int, str]]:
     """(n, step) for each step the completion finishes: ids[:n] ends with the step's final '.', and step is
     the last sentence of the backtrack-resolved text so far (resolved by the model's retraction unit, so a

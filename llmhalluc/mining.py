@@ -22,16 +22,9 @@ from llmhalluc.answers import DEFAULT_PATTERN, normalize_answer
 from llmhalluc.backtrack import retraction_for
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.records import Error, Record
+from llmhalluc.diagnostics import split_steps
 
-#: A step ends with '.' followed by white space or the end (as diagnostics.step_ends splits): "7.5" stays one.
-_STEP_BREAK = re.compile(r"(?<=\.)\s+")
 _ANSWER = re.compile(DEFAULT_PATTERN)
-
-
-def split_steps(text: str) -> list[str]:
-    """The sentences of a resolved completion, each ending in '.' except perhaps an unfinished last one."""
-    text = text.strip()
-    return [s for s in _STEP_BREAK.split(text) if s] if text else []
 
 
 def own_error(record: Record, completion: str) -> Error | None:

@@ -15,10 +15,9 @@ remaining steps on that mix; the mined records go into models/sft/own_errors.jso
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 # This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import encode_example, retraction_for
-from llmhalluc.datasets.records import read_jsonl
+from llmhalluc.datasets.records import jsonl_text, read_jsonl
 from llmhalluc.errors import DataError
 from llmhalluc.launcher import is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config
@@ -112,7 +111,8 @@ def main(section: Section) -> None:
         model, records, own_summary = own_errors_pass(model, tokenizer, records, config, params, identity, own,
                                                       start, backtrack_id=backtrack_id, mask_errors=p.mask_errors,
                                                       unit=p.backtrack.unit)
-        identity = {**identity, "own_errors": hashlib.sha256(records_jsonl(records).encode()).hexdigest()}
+        mixed = jsonl_text(records)  # the records pass 2 trains on: hashed into its run identity, and published
+        identity = {**identity, "own_errors": hashlib.sha256(mixed.encode()).hexdigest()}
         config = replace(config, max_steps=config.max_steps - own.after_steps)  # equal budget with one pass
 
     # Data to ids, segment by segment: N error tokens are followed by exactly N backtracks.
@@ -145,7 +145,7 @@ def main(section: Section) -> None:
     publish(trainer, tokenizer, config, params, p.model_dir, "train_sft", lora=p.lora.enabled,
             adapter_base=str(Path(p.model_dir) / "base") if base_dir else p.model_name_or_path,
             extra={"base": base_dir} if base_dir else None, shards=shards,
-            files={OWN_ERRORS_FILE: records_jsonl(records)} if own_summary is not None else None, record={
+            files={OWN_ERRORS_FILE: mixed} if own_summary is not None else None, record={
                 "backtrack_token": p.backtrack.token, "backtrack_id": backtrack_id,
                 "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (unit_of)
                 "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
@@ -192,10 +192,6 @@ def own_errors_pass(model, tokenizer, records, config, params: dict, identity: d
     print_once(f"train_sft: own errors: {summary['records_mined']} of {summary['records_tried']} chosen records "
                f"({summary['samples_drawn']} samples) got one of the model's own wrong steps")
     return trainer.model, records, summary
-
-
-def records_jsonl(records) -> str:
-    return "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in records)
 
 
 

@@ -58,11 +58,14 @@ def chat_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": question}]
 
 
+def jsonl_text(records: list[Record]) -> str:
+    """Records as the lines read_jsonl reads back: one sorted-key JSON object each (what prepare writes)."""
+    return "".join(json.dumps(asdict(record), sort_keys=True) + "\n" for record in records)
+
+
 def write_jsonl(records: list[Record], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(asdict(record), sort_keys=True) + "\n")
+    path.write_text(jsonl_text(records), encoding="utf-8")
 
 
 def read_jsonl(path: str | Path) -> list[Record]:
