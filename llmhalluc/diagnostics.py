@@ -5,6 +5,9 @@ Greedy accuracy and the backtrack rate say *that* a model never backtracks, not
 
 - detection: after a wrong step, P(backtrack) is higher than after a right one
   (means and AUROC over the two sets of decision points);
+  with beside it `detection_hidden_auroc`, how well a linear probe of the
+  model's final hidden state at the same points tells wrong from right (does
+  the model know, even where the token does not say?);
 - counting: given a first backtrack, it emits exactly as many as the error has
   tokens, then stops (the unit of today's per-token backtrack);
 - repair: after an exact retraction, it writes the right step (and reaches the
@@ -141,6 +144,58 @@ def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Seque
     return out
 
 
+def decision_states(model: Any, sequences: Sequence[Sequence[int]], *, batch_size: int, pad_id: int) -> Any:
+    """The final hidden state (what the LM head reads) at each sequence's last token, one row per sequence
+    (float64 on the CPU): the representation P(backtrack) is read from at a decision point.
+
+    Batched and left-padded as next_token_stats, so padding changes nothing.
+    """
+    import torch
+
+    rows: list[Any] = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        input_ids, attention = left_padded([sequences[i] for i in chunk], pad_id)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            hidden = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                           position_ids=positions.to(device), output_hidden_states=True,
+                           logits_to_keep=1).hidden_states[-1]
+        for row, index in enumerate(chunk):
+            rows[index] = hidden[row, -1].double().cpu()
+    return torch.stack(rows)
+
+
+def cross_fitted_scores(wrong: Any, right: Any) -> tuple[list[float], list[float]] | None:
+    """Held-out scores of a linear probe that tells wrong from right steps by their decision states.
+
+    Why: detection AUROC at 0.5 has two causes an accuracy cannot tell apart: the model does not
+    compute whether the step is right (nothing in its state separates them: a limit of size, data
+    or training), or it does and the backtrack row does not read it (a training-signal problem).
+    wrong[i] and right[i] are the states of one item (same context); items go to two folds by
+    index parity. The probe is the difference of the class means on one fold (a mass-mean probe:
+    no fitting, no tuning, sound with fewer items than dimensions), on states standardised by
+    that fold, and scores the other fold. None under four items (a fold would hold one pair).
+    """
+    import torch
+
+    n = len(wrong)
+    if n < 4:
+        return None
+    fold = torch.arange(n) % 2
+    scores = (torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64))
+    for held in (0, 1):
+        train, test = fold != held, fold == held
+        both = torch.cat([wrong[train], right[train]])
+        mean, std = both.mean(0), both.std(0).clamp(min=1e-8)
+        direction = ((wrong[train] - mean) / std).mean(0) - ((right[train] - mean) / std).mean(0)
+        for states, out in zip((wrong, right), scores, strict=True):
+            out[test] = ((states[test] - mean) / std) @ direction
+    return scores[0].tolist(), scores[1].tolist()
+
+
 def pad_id(model: Any, tokenizer: Any) -> int:
     """The id padding is written with (masked out, so any real id serves), as generation chooses it."""
     if tokenizer.pad_token_id is not None:
@@ -266,6 +321,9 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
     stats = next_token_stats(model, wrong_seqs + right_seqs, wrong_ends + [[len(s)] for s in right_seqs],
                              token_id=backtrack_id, batch_size=batch_size, pad_id=pad)
     wrong_stats, right_stats = stats[:len(items)], stats[len(items):]
+    states = decision_states(model, [i.prompt + i.context + i.wrong for i in items] + right_seqs,
+                             batch_size=batch_size, pad_id=pad)
+    hidden = cross_fitted_scores(states[:len(items)], states[len(items):]) or ([None] * len(items),) * 2
 
     repair = [i.prompt + i.context + i.wrong + i.retraction for i in items]
     correction = [i.prompt + i.context + i.wrong for i in items]
@@ -295,6 +353,8 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
             # at 1e-9, and AUROC must see that; only the summary means are rounded.
             "p_backtrack_wrong": wrong_stats[index][0][0],
             "p_backtrack_right": right_stats[index][0][0],
+            # The held-out linear probe's scores of the same two decision states (cross_fitted_scores).
+            "hidden_score_wrong": hidden[0][index], "hidden_score_right": hidden[1][index],
             "counting_exact": counted,
             "repair_step": _writes_step(repaired["resolved"], expected),
             # The same step written with the retracted tokens gone from the context (as if generation rolled
@@ -326,6 +386,8 @@ def summarize_probe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "detection_p_wrong": _mean(wrong),
         "detection_p_right": _mean(right),
         "detection_auroc": auroc(wrong, right),
+        "detection_hidden_auroc": auroc([r["hidden_score_wrong"] for r in rows if r["hidden_score_wrong"] is not None],
+                                        [r["hidden_score_right"] for r in rows if r["hidden_score_right"] is not None]),
         **{key: share(sum(r[key] for r in rows), n) for key in (
             "counting_exact", "repair_step", "repair_step_resolved", "repair_answer", "correction_backtracked",
             "correction_right", "false_positive")},

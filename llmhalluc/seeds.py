@@ -39,6 +39,7 @@ SEED_KEYS = ("prepare.seed", "sft.seed", "sft.tiny_model.seed", "grpo.seed", "ev
 DEFAULT_METRICS = (
     "*.accuracy",
     "*.probe.detection_auroc",
+    "*.probe.detection_hidden_auroc",
     "*.probe.counting_exact",
     "*.probe.repair_step",
     "*.probe.repair_step_resolved",

@@ -46,7 +46,8 @@ PLOTTED = ["accuracy", "accuracy_unresolved", "hallucination_rate", "abstention_
            "mean_backtracks"]
 #: diagnostics.csv column -> (block, metric) in a model's metrics; one row per model, for `dvc plots`.
 DIAGNOSTICS_PLOTTED = {
-    "detection_auroc": ("probe", "detection_auroc"), "detection_p_wrong": ("probe", "detection_p_wrong"),
+    "detection_auroc": ("probe", "detection_auroc"), "detection_hidden_auroc": ("probe", "detection_hidden_auroc"),
+    "detection_p_wrong": ("probe", "detection_p_wrong"),
     "detection_p_right": ("probe", "detection_p_right"), "counting_exact": ("probe", "counting_exact"),
     "repair_step": ("probe", "repair_step"), "repair_step_resolved": ("probe", "repair_step_resolved"),
     "repair_answer": ("probe", "repair_answer"),

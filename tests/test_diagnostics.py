@@ -212,18 +212,23 @@ class Scripted:
             row[self.bt] = float("-inf")
         return row
 
-    def __call__(self, input_ids, attention_mask, position_ids=None, logits_to_keep=0, **_):
+    def __call__(self, input_ids, attention_mask, position_ids=None, logits_to_keep=0, output_hidden_states=False,
+                 **_):
+        """Logits as the rule says; the hidden state is the rule's intent, one-hot on next_id before any mask
+        (so `never` knows a step is wrong, it ends there, and still never says backtrack)."""
         import torch
 
         width = input_ids.shape[1]
         keep = logits_to_keep or width
         logits = torch.zeros(input_ids.shape[0], keep, self.vocab)
+        hidden = torch.zeros(input_ids.shape[0], width, self.vocab)
         for b in range(input_ids.shape[0]):
             ids = input_ids[b][attention_mask[b].bool()].tolist()
             offset = width - len(ids)
             for column in range(max(offset, width - keep), width):
                 logits[b, column - (width - keep)] = self._logits(ids[:column - offset + 1])
-        return SimpleNamespace(logits=logits)
+                hidden[b, column, self.next_id(ids[:column - offset + 1])] = 1.0
+        return SimpleNamespace(logits=logits, hidden_states=(hidden,) if output_hidden_states else None)
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample=False,
                  temperature=None, **_):
@@ -269,7 +274,7 @@ def test_a_model_that_retracts_exactly_its_wrong_steps_scores_full_marks(tokeniz
     diagnosis = _diagnose(tokenizer, records, "perfect")
     assert diagnosis.metrics["probe"] == {
         "items": 5,  # 2 + 1 + 2 steps
-        "detection_p_wrong": 1.0, "detection_p_right": 0.0, "detection_auroc": 1.0,
+        "detection_p_wrong": 1.0, "detection_p_right": 0.0, "detection_auroc": 1.0, "detection_hidden_auroc": 1.0,
         "counting_exact": 1.0, "repair_step": 1.0, "repair_step_resolved": 1.0, "repair_answer": 1.0,
         "correction_backtracked": 1.0, "correction_right": 1.0, "false_positive": 0.0,
     }
@@ -285,6 +290,8 @@ def test_a_model_that_retracts_exactly_its_wrong_steps_scores_full_marks(tokeniz
 def test_a_model_that_never_backtracks(tokenizer, records):
     probe = _diagnose(tokenizer, records, "never").metrics["probe"]
     assert (probe["detection_p_wrong"], probe["detection_p_right"], probe["detection_auroc"]) == (0.0, 0.0, 0.5)
+    # ... yet it knows: it ends after a wrong step and goes on after a right one, and its state says so
+    assert probe["detection_hidden_auroc"] == 1.0
     assert probe["counting_exact"] == 0.0  # every error has more than one token, and no second backtrack comes
     assert probe["correction_backtracked"] == 0.0 and probe["correction_right"] == 0.0
     assert probe["false_positive"] == 0.0
@@ -309,6 +316,7 @@ def test_a_model_that_always_backtracks_has_only_false_positives(tokenizer, reco
     probe = _diagnose(tokenizer, records, "always", sampled=SampledParams(enabled=False),
                       own_errors=OwnErrorsParams(enabled=False)).metrics["probe"]
     assert probe["detection_auroc"] == 0.5  # the same P(backtrack) after right and wrong steps
+    assert probe["detection_hidden_auroc"] == 0.5  # and the same state: it does not know either
     assert probe["false_positive"] == 1.0 and probe["correction_backtracked"] == 1.0
 
 
@@ -367,3 +375,24 @@ def test_teacher_forcing_is_the_same_batched_or_alone(tmp_path: Path, tokenizer)
     for got, want in zip(batched, alone, strict=True):
         assert [a for _, a in got] == [a for _, a in want]
         assert [p for p, _ in got] == pytest.approx([p for p, _ in want], rel=1e-4, abs=1e-7)
+
+
+def test_the_linear_probe_scores_held_out_items_only():
+    """A pair shares its context (most of its state); a wrong step adds a direction the probe must find.
+    Found: AUROC near 1 on the held-out fold. States that carry nothing about the label give about
+    0.5, not the near 1 a probe scored on its own training items would (64 dimensions, 20 pairs)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+
+    def states(n: int) -> torch.Tensor:
+        return torch.randn(n, 64, generator=generator, dtype=torch.float64)
+
+    context = states(40)
+    knows = context + 0.3 * states(40)
+    knows[:, 0] += 4.0
+    wrong, right = diagnostics.cross_fitted_scores(knows, context + 0.3 * states(40))
+    assert diagnostics.auroc(wrong, right) > 0.9
+    wrong, right = diagnostics.cross_fitted_scores(context[:20] + 0.3 * states(20), context[:20] + 0.3 * states(20))
+    assert 0.25 < diagnostics.auroc(wrong, right) < 0.75
+    assert diagnostics.cross_fitted_scores(context[:3], context[:3]) is None  # a fold would hold one pair
