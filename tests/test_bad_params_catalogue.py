@@ -155,7 +155,7 @@ CASES = [
          ["grpo.lora.alpha: must be > 0, got 0"], "alpha: 0"),
     Case("grpo", "cross-field", sub("  num_generations: 4 ",
                                     "  num_generations: 4\n  generation_batch_size: 8\n  steps_per_generation: 2 "),
-         ["grpo.generation_batch_size and grpo.steps_per_generation: set at most one of them"],
+         ["grpo.generation_batch_size: TRL's GRPOConfig rejects the configuration", "steps_per_generation"],
          "generation_batch_size:"),
     Case("grpo", "missing-input", sub("  data_dir: data/prepared ", "  data_dir: ./data/nope "),
          ["grpo.data_dir: path './data/nope' does not exist"], "data_dir:", dry_run=False),

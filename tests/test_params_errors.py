@@ -31,7 +31,8 @@ CASES = [
     ("train_grpo", "  num_generations: 4 ", '  num_generations: "eight" ',
      ["grpo.num_generations: expected int", "'eight'"]),
     ("train_grpo", "  num_generations: 4 ", "  num_generations: 3 ",
-     ["grpo.num_generations: 3 does not divide the generation batch 16", "valid here: [2, 4, 8, 16]"]),
+     ["grpo.num_generations: TRL's GRPOConfig rejects the configuration:",
+      "generation_batch_size (16) must be divisible by num_generations (3)"]),
     ("train_grpo", "reward_weights: [1.0, 0.5]", "reward_weights: [1.0]",
      ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format]",
@@ -73,6 +74,8 @@ CASES = [
     ("train_grpo", "model_name_or_path: models/sft", "model_name_or_path: ./models/no-such-model",
      ["grpo.model_name_or_path: path './models/no-such-model' does not exist"]),
     ("eval", "\n  batch_size: 64", "\n  batch_size: 0", ["eval.batch_size: must be >= 1, got 0"]),
+    # a bound on the key itself, so the cross-field rule that divides by it never sees a 0
+    ("train_sft", "    num_heads: 4 ", "    num_heads: 0 ", ["sft.tiny_model.num_heads: must be >= 1, got 0"]),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,24 @@ def trl_config(section: Section):
     cls = getattr(trl, TRL_CONFIGS[section.name])
     try:
         return cls(**section.trl, **hardware_defaults(section))
-    except (ValueError, TypeError) as exc:  # TRL's own __post_init__ checks: a backstop behind ours
-        raise ParamsError(f"{section.file.path}: {section.name}: TRL rejected the configuration: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # TRL's own __post_init__ rules (GRPO's batch arithmetic, ...)
+        raise ParamsError(_rejected(section, str(exc))) from exc
     except ImportError as exc:  # e.g. `deepspeed:` set without the package installed
         raise ParamsError(f"{section.file.path}: {section.name}: a key needs a package that is not installed: "
                           f"{exc}; see the `gpu` extra in pyproject.toml") from exc
+
+
+def _rejected(section: Section, message: str) -> str:
+    """TRL's message on the line of the first key the user wrote that it names (else the section).
+
+    Its rules stay TRL's (a copy would drift from the installed version); only the
+    place is ours. They see this process's world size: under a multi-process
+    launch the ranks apply them again with the real one, and stop the same way.
+    """
+    named = sorted((m.start(), key) for key in section.trl if (m := re.search(rf"\b{re.escape(key)}\b", message)))
+    where = f"{section.where(named[0][1])}: {section.name}.{named[0][1]}" if named else \
+        f"{section.file.path}: {section.name}"
+    return f"{where}: TRL's {TRL_CONFIGS[section.name]} rejects the configuration: {message}"
 
 
 def _plain(value: Any) -> Any:

@@ -6,6 +6,8 @@ can be cached as JSON (importing TRL costs ~5 s; an error must show in < 2 s).
 
 A type is a dict with a tag "t":
   int, float, bool, str, none, any
+                         int and float may carry bounds (low, high, low_open,
+                         high_open); str may carry a check (a name in CHECKS)
   list {item}            dict {value}          (keys are always strings in YAML)
   choice {values}        Literal, Enum, or the allowed values TRL documents
   union {of}             Optional[X], X | Y
@@ -24,27 +26,29 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+from llmhalluc.answers import pattern_problem
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.yaml12 import KeyPath, ParamsFile
 
 Type = dict[str, Any]
 
+#: A string field's check by name (the name travels in the JSON schema): why the value cannot serve, or None.
+CHECKS = {"answer_pattern": pattern_problem}
+
 
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
-    """What one key accepts, its default, and a line of help."""
+    """What one key accepts and its default (the default TRL fills in for a key the user left out)."""
 
     type: Type
     default: Any
-    help: str
-    has_default: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "default": self.default, "help": self.help, "has_default": self.has_default}
+        return {"type": self.type, "default": self.default}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FieldSpec:
-        return cls(type=data["type"], default=data["default"], help=data["help"], has_default=data["has_default"])
+        return cls(type=data["type"], default=data["default"])
 
 
 def describe_type(hint: Any, nested_sections: bool = True) -> Type:
@@ -110,26 +114,26 @@ def json_default(value: Any) -> Any:
     return value
 
 
-def field_default(f: dataclasses.Field) -> tuple[bool, Any]:
+def field_default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
-        return True, json_default(f.default)
+        return json_default(f.default)
     if f.default_factory is not dataclasses.MISSING:
-        return True, json_default(f.default_factory())
-    return False, None
+        return json_default(f.default_factory())
+    return None
 
 
 def describe_dataclass(cls: type, nested_sections: bool = True) -> dict[str, FieldSpec]:
-    """Every init field of a dataclass with its type, default and help."""
+    """Every init field of a dataclass with its type and default."""
     hints = typing.get_type_hints(cls)
     specs: dict[str, FieldSpec] = {}
     for f in dataclasses.fields(cls):
         if not f.init or f.name.startswith("_"):
             continue
-        has_default, default = field_default(f)
         field_type = describe_type(hints[f.name], nested_sections)
         if "choices" in f.metadata:
             field_type = with_choices(field_type, list(f.metadata["choices"]))
-        specs[f.name] = FieldSpec(field_type, default, _first_line(f.metadata.get("help", "")), has_default)
+        field_type = _with_limits(field_type, f.metadata.get("bounds"), f.metadata.get("check"))
+        specs[f.name] = FieldSpec(field_type, field_default(f))
     return specs
 
 
@@ -143,8 +147,34 @@ def with_choices(field_type: Type, values: list[Any]) -> Type:
     return field_type
 
 
-def _first_line(text: str) -> str:
-    return " ".join(text.split()).split(". ")[0][:200]
+def _with_limits(field_type: Type, bounds: dict[str, Any] | None, check: str | None) -> Type:
+    """The type with a field's bounds on its numbers and its check on its strings (union members too)."""
+    if field_type["t"] == "union":
+        return {"t": "union", "of": [_with_limits(m, bounds, check) for m in field_type["of"]]}
+    if field_type["t"] in ("int", "float") and bounds and (bounds["low"] is not None or bounds["high"] is not None):
+        return {**field_type, **bounds}
+    if field_type["t"] == "str" and check:
+        return {**field_type, "check": check}
+    return field_type
+
+
+def _limit_problem(t: Type, value: Any) -> str | None:
+    """Why a number is outside its type's bounds, or a string fails its check; None when it fits."""
+    if t["t"] == "str":
+        return CHECKS[t["check"]](value) if "check" in t else None
+    low, high = t.get("low"), t.get("high")
+    if (low is None or (value > low if t["low_open"] else value >= low)) and \
+            (high is None or (value < high if t["high_open"] else value <= high)):  # nan fits no bound
+        return None
+    if high is None:
+        wanted = f"{'>' if t['low_open'] else '>='} {low}"
+    elif low is None:
+        wanted = f"{'<' if t['high_open'] else '<='} {high}"
+    elif t["t"] == "int" and not (t["low_open"] or t["high_open"]):
+        wanted = f"in {low}..{high}"
+    else:
+        wanted = f"in {'(' if t['low_open'] else '['}{low}, {high}{')' if t['high_open'] else ']'}"
+    return f"must be {wanted}, got {_show(value)}"
 
 
 class Mismatch(Exception):
@@ -202,15 +232,12 @@ def coerce(t: Type, value: Any) -> Any:
     elif tag == "bool":
         if isinstance(value, bool):
             return value
-    elif tag == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tag == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tag == "str":
-        if isinstance(value, str):
-            return value
+    elif tag in ("int", "float", "str"):
+        python = {"int": int, "float": (int, float), "str": str}[tag]
+        if isinstance(value, python) and not isinstance(value, bool):
+            if problem := _limit_problem(t, value):
+                raise Mismatch(problem)
+            return float(value) if tag == "float" else value
     elif tag == "choice":
         if any(value == v and type(value) is type(v) for v in t["values"]):
             return value
@@ -245,11 +272,13 @@ def coerce(t: Type, value: Any) -> Any:
             except Mismatch as exc:
                 errors.append((member, exc))
         # The helpful message is the member the value was clearly meant for: a string
-        # against a closed set of values, or a list / mapping whose item is wrong.
+        # against a closed set of values, a list / mapping whose item is wrong, or a
+        # number (a string) of the member's own kind that its bounds (check) refuse.
         for member, exc in errors:
             if member["t"] == "choice" and isinstance(value, str):
                 raise exc
-            if (member["t"], type(value)) in (("list", list), ("dict", dict)):
+            if (member["t"], type(value)) in (("list", list), ("dict", dict), ("int", int), ("float", float),
+                                              ("float", int), ("str", str)):  # the right kind, out of bounds
                 raise exc
     elif tag == "opaque":
         raise Mismatch(f"{t['name']} cannot be set from YAML; leave the key out")
@@ -266,8 +295,15 @@ class Section:
     trl_fields: dict[str, FieldSpec]
     file: ParamsFile
 
-    def where(self, *key: str) -> str:
+    def where(self, *key: str | int) -> str:
         return self.file.where((self.name, *key))
+
+    def problem(self, *key: str | int, message: str, index: bool = True) -> str:
+        """One problem as every check writes it: `file:line: section.key.path: message`, list items as [i]
+        (index False: named by their list, on their own line)."""
+        dotted = self.name + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key
+                                     if index or not isinstance(k, int))
+        return f"{self.where(*key)}: {dotted}: {message}"
 
 
 def check_dataclass(cls: type, data: Any, key_path: KeyPath, file: ParamsFile) -> Any:

@@ -22,21 +22,31 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 DtypeOrAuto = Literal["auto", Dtype]
 
 
-def param(default, help: str, **kwargs):
-    """A dataclass field with its one line of help; mutable defaults go through a factory."""
+def param(default, help: str, *, at_least: float | None = None, above: float | None = None,
+          at_most: float | None = None, below: float | None = None, check: str | None = None):
+    """A dataclass field with its one line of help and what values it takes; mutable defaults go through a
+    factory.
+
+    The bounds (of a number; the numeric members of a union) and `check` (a name in schema.CHECKS,
+    for a string) are part of the field's type: the loader refuses a value outside them with its
+    file:line, as it refuses a wrong type, so no cross-field rule has to repeat them.
+    """
+    bounds = {"low": above if above is not None else at_least, "low_open": above is not None,
+              "high": below if below is not None else at_most, "high_open": below is not None}
+    metadata = {"help": help, "bounds": bounds, "check": check}
     if isinstance(default, (list, dict)) or hasattr(default, "__dataclass_fields__"):
         factory = default.copy if isinstance(default, (list, dict)) else type(default)
-        return field(default_factory=factory, metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ArithmeticParams:
     """The built-in synthetic task: chains of small additions and subtractions."""
 
-    min_steps: int = param(1, "fewest operations in one problem")
+    min_steps: int = param(1, "fewest operations in one problem", at_least=1)
     max_steps: int = param(2, "most operations in one problem")
-    max_operand: int = param(9, "operands are drawn from 1..max_operand")
+    max_operand: int = param(9, "operands are drawn from 1..max_operand", at_least=1)
     allow_negative: bool = param(False, "allow intermediate results below zero")
 
 
@@ -44,17 +54,18 @@ class ArithmeticParams:
 class SplitSizes:
     """How many problems each prepared set gets."""
 
-    sft: int = param(1500, "SFT training examples")
-    grpo: int = param(128, "GRPO prompts")
-    eval: int = param(200, "held-out evaluation problems (never seen in training)")
+    sft: int = param(1500, "SFT training examples", at_least=1)
+    grpo: int = param(128, "GRPO prompts", at_least=1)
+    eval: int = param(200, "held-out evaluation problems (never seen in training)", at_least=1)
 
 
 @dataclass
 class BacktrackAugmentParams:
     """Where errors are inserted into SFT solutions for the model to retract."""
 
-    error_rate: float = param(0.0, "share of SFT examples that get an error and its backtracks (0 = error-free)")
-    errors_per_example: int = param(1, "errors inserted into an augmented example")
+    error_rate: float = param(0.0, "share of SFT examples that get an error and its backtracks (0 = error-free)",
+                              at_least=0, at_most=1)
+    errors_per_example: int = param(1, "errors inserted into an augmented example", at_least=1)
     error_kind: Literal["plausible", "random"] = param("plausible", "near-miss numbers, or random tokens")
 
 
@@ -80,11 +91,11 @@ class PrepareParams:
 class TinyModelParams:
     """Shape of the built-in model, used when model_name_or_path is the built-in name."""
 
-    vocab_size: int = param(512, "BPE vocabulary size of the tokenizer trained on the prepared data")
-    hidden_size: int = param(192, "width of the transformer")
-    num_layers: int = param(3, "number of transformer layers")
-    num_heads: int = param(4, "attention heads (must divide hidden_size)")
-    intermediate_size: int = param(384, "width of the MLP")
+    vocab_size: int = param(512, "BPE vocabulary size of the tokenizer trained on the prepared data", at_least=1)
+    hidden_size: int = param(192, "width of the transformer", at_least=1)
+    num_layers: int = param(3, "number of transformer layers", at_least=1)
+    num_heads: int = param(4, "attention heads (must divide hidden_size)", at_least=1)
+    intermediate_size: int = param(384, "width of the MLP", at_least=1)
     seed: int = param(0, "seed of the random initial weights")
 
 
@@ -93,9 +104,9 @@ class LoraParams:
     """A LoRA adapter through peft; enabled: false trains all weights."""
 
     enabled: bool = param(False, "train a LoRA adapter instead of all weights")
-    r: int = param(16, "LoRA rank")
-    alpha: int = param(32, "LoRA scaling numerator (lora_alpha)")
-    dropout: float = param(0.0, "dropout on the LoRA path")
+    r: int = param(16, "LoRA rank", at_least=1)
+    alpha: int = param(32, "LoRA scaling numerator (lora_alpha)", above=0)
+    dropout: float = param(0.0, "dropout on the LoRA path", at_least=0, below=1)
     target_modules: str | list[str] = param("all-linear", "module names to adapt, or 'all-linear'")
 
 
@@ -104,9 +115,11 @@ class LauncherParams:
     """How the stage's training process starts."""
 
     kind: Literal["python", "accelerate"] = param("python", "python: this process | accelerate: accelerate launch")
-    num_processes: int = param(1, "processes the trainer runs on, all machines together (GRPO batch checks use it)")
+    num_processes: int = param(1, "processes the trainer runs on, all machines together (GRPO batch checks use it)",
+                               at_least=1)
     config_file: str | None = param(None, "accelerate config for kind accelerate (configs/accelerate/*.yaml)")
-    main_process_port: int | None = param(None, "rendezvous port; unset: a free port, so parallel runs never clash")
+    main_process_port: int | None = param(None, "rendezvous port; unset: a free port, so parallel runs never clash",
+                                          at_least=1024, at_most=65535)
 
 
 @dataclass
@@ -115,23 +128,27 @@ class BacktrackTokenParams:
 
     token: str = param(DEFAULT_TOKEN, "text of the special token (reused if the tokenizer has it)")
     init: Literal["mean", "semantic", "description", "combined"] = param("mean", "how its embedding rows start")
-    noise_std: float = param(0.01, "noise added to the initial rows, relative to the mean row norm")
+    noise_std: float = param(0.01, "noise added to the initial rows, relative to the mean row norm", at_least=0)
     unit: Literal["token", "step", "retry"] = param(
         "token", "what one backtrack retracts: token | step | retry (llmhalluc.backtrack); recorded with the model")
-    lr_multiplier: float = param(1.0, "the token's rows move m times as far per optimiser step (1: like every row)")
-    report_problems: int = param(16, "SFT records whose P(backtrack) is reported before and after training (0: off)")
+    lr_multiplier: float = param(1.0, "the token's rows move m times as far per optimiser step (1: like every row)",
+                                 above=0)
+    report_problems: int = param(16, "SFT records whose P(backtrack) is reported before and after training (0: off)",
+                                 at_least=0)
 
 
 @dataclass
 class MinedErrorsParams:
     """sft.own_errors: retry data from the model's own mistakes (llmhalluc.mining), mined after a clean first pass."""
 
-    rate: float = param(0.0, "share of SFT records whose error is replaced by one of the model's own (0 = off)")
-    after_steps: int = param(300, "optimiser steps of the first pass, on the records without errors (< max_steps)")
-    samples: int = param(4, "completions sampled per chosen record; the first with a wrong step is kept")
-    temperature: float = param(1.0, "sampling temperature of those completions")
-    max_new_tokens: int = param(64, "longest sampled completion")
-    batch_size: int = param(64, "prompts generated together")
+    rate: float = param(0.0, "share of SFT records whose error is replaced by one of the model's own (0 = off)",
+                        at_least=0, at_most=1)
+    after_steps: int = param(300, "optimiser steps of the first pass, on the records without errors (< max_steps)",
+                             at_least=1)
+    samples: int = param(4, "completions sampled per chosen record; the first with a wrong step is kept", at_least=1)
+    temperature: float = param(1.0, "sampling temperature of those completions", above=0)
+    max_new_tokens: int = param(64, "longest sampled completion", at_least=1)
+    batch_size: int = param(64, "prompts generated together", at_least=1)
 
 
 @dataclass
@@ -160,7 +177,8 @@ class SftParams:
 class AccuracyRewardOptions:
     """grpo.rewards.accuracy: what counts as the right final answer (the other rewards judge by it too)."""
 
-    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins)")
+    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins)",
+                                check="answer_pattern")
 
 
 @dataclass
@@ -176,17 +194,19 @@ class BacktrackRewardOptions:
 
     max_backtracks: int | Literal["auto"] = param(
         "auto", "backtrack tokens allowed in one completion before the penalty grows; auto: 2 x the most one SFT "
-        "example carried (the SFT model's lineage), at least 1")
-    fix_reward: float = param(1.0, "reward of a completion whose backtracks fixed a wrong span into a right answer")
-    penalty: float = param(1.0, "penalty of backtracks that waste or harm (over the cap, wrong answer, ...)")
+        "example carried (the SFT model's lineage), at least 1", at_least=1)
+    fix_reward: float = param(1.0, "reward of a completion whose backtracks fixed a wrong span into a right answer",
+                              at_least=0)
+    penalty: float = param(1.0, "penalty of backtracks that waste or harm (over the cap, wrong answer, ...)",
+                           at_least=0)
 
 
 @dataclass
 class LengthRewardOptions:
     """grpo.rewards.length: a soft penalty over a token budget."""
 
-    max_tokens: int = param(40, "completion tokens (backtracks included) allowed before the penalty starts")
-    penalty: float = param(0.5, "penalty at twice the budget and beyond; it grows linearly from the budget")
+    max_tokens: int = param(40, "completion tokens (backtracks included) allowed before the penalty starts", at_least=1)
+    penalty: float = param(0.5, "penalty at twice the budget and beyond; it grows linearly from the budget", at_least=0)
 
 
 @dataclass
@@ -234,7 +254,7 @@ class ProbeParams:
     """eval.probe: inject a near-miss step into gold solutions and measure what the model does next."""
 
     enabled: bool = param(True, "run the probe: detection, counting, repair, correction, false positives")
-    problems: int = param(10, "held-out problems probed (the first N of eval.jsonl)")
+    problems: int = param(10, "held-out problems probed (the first N of eval.jsonl)", at_least=1)
     positions: list[int] | Literal["all"] = param(
         "all", "step indexes where the error replaces the gold step (negative: from the end), or all steps"
     )
@@ -252,8 +272,8 @@ class SampledParams:
     """eval.sampled: n samples per problem at eval.temperature / eval.top_p, drawn once per model."""
 
     enabled: bool = param(True, "report sampled accuracy, pass@k, maj@k and backtracks on right vs wrong samples")
-    n: int = param(4, "samples per problem (also the samples eval.own_errors checks)")
-    problems: int = param(12, "problems sampled (the first N of eval.jsonl)")
+    n: int = param(4, "samples per problem (also the samples eval.own_errors checks)", at_least=1)
+    problems: int = param(12, "problems sampled (the first N of eval.jsonl)", at_least=1)
     k: list[int] = param([1, 4], "k of pass@k and maj@k, each at most n")
 
 
@@ -272,14 +292,14 @@ class EvalParams:
     metrics_file: str = param("metrics/eval.json", "summary metrics DVC shows, one block per model")
     plots_dir: str = param("plots/eval", "CSV files behind the eval plots in dvc.yaml")
     backend: Literal["transformers", "vllm"] = param("transformers", "generation engine; vllm needs a CUDA GPU")
-    batch_size: int = param(64, "prompts generated together (left padding)")
-    max_new_tokens: int = param(64, "longest completion (tokens)")
+    batch_size: int = param(64, "prompts generated together (left padding)", at_least=1)
+    max_new_tokens: int = param(64, "longest completion (tokens)", at_least=1)
     do_sample: bool = param(False, "sample instead of greedy decoding")
-    temperature: float = param(1.0, "sampling temperature (with do_sample, and of eval.sampled)")
-    top_p: float = param(1.0, "nucleus sampling mass (with do_sample, and of eval.sampled)")
+    temperature: float = param(1.0, "sampling temperature (with do_sample, and of eval.sampled)", above=0)
+    top_p: float = param(1.0, "nucleus sampling mass (with do_sample, and of eval.sampled)", above=0, at_most=1)
     seed: int = param(0, "seed for sampling (re-applied before each model)")
     dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
-    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer")
+    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer", check="answer_pattern")
     probe: ProbeParams = param(ProbeParams(), "the injected-error probe (teacher-forced, on gold solutions)")
     own_errors: OwnErrorsParams = param(OwnErrorsParams(), "P(backtrack) after the model's own wrong vs right steps")
     sampled: SampledParams = param(SampledParams(), "sampled eval: accuracy, pass@k, maj@k")

@@ -88,7 +88,7 @@ def derive(config_cls: type) -> dict[str, FieldSpec]:
             continue
         values = documented_choices(owner.__doc__ or "", name, spec.default)
         if values:
-            specs[name] = FieldSpec(with_choices(spec.type, values), spec.default, spec.help, spec.has_default)
+            specs[name] = FieldSpec(with_choices(spec.type, values), spec.default)
     return specs
 
 
