@@ -56,6 +56,26 @@ def choose(records: Sequence[Record], rate: float, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(len(records)), count))
 
 
+def near_misses(records: Sequence[Record], seed: int) -> tuple[list[Record], dict[str, Any]]:
+    """The control of `mine`: each record with errors=[one near miss as prepare makes them] at a seeded step
+    boundary (augment.add_errors, plausible), with the summary `mine` writes (no samples drawn).
+
+    Why: own errors come through two passes (clean, then the mix, with a fresh optimiser); comparing
+    them with one-pass synthetic errors mixes two differences. This gives synthetic errors the same
+    two passes, so what is left between the two is the error source.
+    """
+    from llmhalluc.datasets.augment import add_errors
+    from llmhalluc.params.sections import BacktrackAugmentParams
+
+    out = [replace(r, errors=[]) for r in records]
+    add_errors(out, BacktrackAugmentParams(error_rate=1.0, errors_per_example=1, error_kind="plausible"),
+               random.Random(f"near-misses:{seed}"))
+    examples = [{"id": r.id, "step": r.errors[0].step, "text": r.errors[0].text} for r in out[:5]]
+    summary = {"records_tried": len(records), "samples_drawn": 0, "records_mined": len(out),
+               "mined_share": 1.0 if records else 0.0, "examples": examples}
+    return out, summary
+
+
 def mine(model: Any, tokenizer: Any, records: Sequence[Record], *, samples: int, temperature: float,
          max_new_tokens: int, batch_size: int, seed: int, backtrack_id: int,
          unit: str) -> tuple[list[Record], dict[str, Any]]:

@@ -8,8 +8,9 @@ rebuild the base (the built-in base is saved inside, in models/sft/base).
 
 With sft.own_errors.rate > 0 it trains in two passes of one step budget (sft.max_steps): first
 after_steps steps on the records without errors, then a `rate` share of the records gets the
-first-pass model's own wrong step as its error (llmhalluc.mining), and the same weights train the
-remaining steps on that mix; the mined records go into models/sft/own_errors.jsonl.
+first-pass model's own wrong step as its error (llmhalluc.mining; with sft.own_errors.source:
+synthetic a near miss as prepare makes them, the control), and the same weights train the
+remaining steps on that mix; the mixed records go into models/sft/own_errors.jsonl.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def own_errors_pass(model, tokenizer, records, config, params: dict, identity: d
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from llmhalluc.mining import choose, mine
+    from llmhalluc.mining import choose, mine, near_misses
     from llmhalluc.trainers import fit
 
     clean = [replace(r, errors=[]) for r in records]
@@ -183,14 +184,17 @@ def own_errors_pass(model, tokenizer, records, config, params: dict, identity: d
     fit(trainer, first, params, {**identity, "pass": "clean"}, LIVE_DIR, "train_sft", last_step=own.after_steps,
         reload_finished=True)
     chosen = choose(records, own.rate, config.seed)
-    mined, summary = mine(trainer.model, tokenizer, [records[i] for i in chosen], samples=own.samples,
-                          temperature=own.temperature, max_new_tokens=own.max_new_tokens,
-                          batch_size=own.batch_size, seed=config.seed, backtrack_id=backtrack_id, unit=unit)
+    if own.source == "synthetic":  # the control: the same two passes, prepare's kind of error
+        mined, summary = near_misses([records[i] for i in chosen], config.seed)
+    else:
+        mined, summary = mine(trainer.model, tokenizer, [records[i] for i in chosen], samples=own.samples,
+                              temperature=own.temperature, max_new_tokens=own.max_new_tokens,
+                              batch_size=own.batch_size, seed=config.seed, backtrack_id=backtrack_id, unit=unit)
     records = list(records)
     for index, record in zip(chosen, mined, strict=True):
         records[index] = record
-    print_once(f"train_sft: own errors: {summary['records_mined']} of {summary['records_tried']} chosen records "
-               f"({summary['samples_drawn']} samples) got one of the model's own wrong steps")
+    print_once(f"train_sft: {own.source} errors: {summary['records_mined']} of {summary['records_tried']} chosen "
+               f"records ({summary['samples_drawn']} samples) got one")
     return trainer.model, records, summary
 
 

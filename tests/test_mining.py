@@ -10,7 +10,7 @@ import pytest
 
 from llmhalluc import evaluation
 from llmhalluc.backtrack import Retraction, encode_example, retraction_for
-from llmhalluc.datasets.records import Error, Record, chat_prompt
+from llmhalluc.datasets.records import Error, Record, chat_prompt, read_jsonl
 from llmhalluc.errors import ParamsError
 from llmhalluc.mining import choose, mine, own_error
 from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
@@ -143,6 +143,24 @@ def test_two_pass_train_sft(tmp_path: Path) -> None:
     # Neither pass leaves checkpoints behind.
     assert not list((tmp_path / "checkpoints/sft").rglob("checkpoint-*"))
     assert not (tmp_path / "checkpoints/sft/clean").exists()
+
+
+def test_two_pass_control_with_synthetic_errors(tmp_path: Path) -> None:
+    """source: synthetic: the same two passes, and every chosen record gets a near miss of one of its steps,
+    with no sampling; the other records are trained as prepare wrote them (here without errors)."""
+    run("prepare", "prepare", tmp_path, {"prepare.backtrack.error_rate": 0.0})
+    run("train_sft", "sft", tmp_path, {"sft.own_errors.rate": 0.5, "sft.own_errors.after_steps": 3,
+                                       "sft.own_errors.source": "synthetic"})
+    own = json.loads((tmp_path / "models/sft/lineage.json").read_text())["own_errors"]
+    assert (own["records_tried"], own["samples_drawn"], own["records_mined"]) == (32, 0, 32)
+    mixed = read_jsonl(tmp_path / "models/sft/own_errors.jsonl")
+    with_errors = [r for r in mixed if r.errors]
+    assert len(with_errors) == 32 and len(mixed) == TINY["prepare.sizes.sft"]
+    for record in with_errors:
+        (error,) = record.errors
+        assert error.text != record.segments()[error.step]  # a near miss of the step it replaces
+    metrics = json.loads((tmp_path / "dvclive/train_sft/metrics.json").read_text())
+    assert metrics["step"] == TINY["sft.max_steps"]
 
 
 def test_two_pass_run_killed_in_pass_2_resumes_and_matches(tmp_path: Path, monkeypatch, capsys) -> None:

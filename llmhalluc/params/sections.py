@@ -141,6 +141,9 @@ class BacktrackTokenParams:
 class MinedErrorsParams:
     """sft.own_errors: retry data from the model's own mistakes (llmhalluc.mining), mined after a clean first pass."""
 
+    source: Literal["own", "synthetic"] = param(
+        "own", "where pass 2's errors come from: own (mined from the first-pass model) | synthetic (prepare's near "
+        "misses: the control that shares the two passes)")
     rate: float = param(0.0, "share of SFT records whose error is replaced by one of the model's own (0 = off)",
                         at_least=0, at_most=1)
     after_steps: int = param(300, "optimiser steps of the first pass, on the records without errors (< max_steps)",
