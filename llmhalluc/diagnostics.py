@@ -7,7 +7,8 @@ Greedy accuracy and the backtrack rate say *that* a model never backtracks, not
   (means and AUROC over the two sets of decision points);
   with beside it `detection_hidden_auroc`, how well a linear probe of the
   model's final hidden state at the same points tells wrong from right (does
-  the model know, even where the token does not say?);
+  its state know, where the token does not say?), and `detection_surprise_auroc`,
+  how well the step's most surprising token does (does it know at the number?);
 - counting: given a first backtrack, it emits exactly as many as the error has
   tokens, then stops (the unit of today's per-token backtrack);
 - repair: after an exact retraction, it writes the right step (and reaches the
@@ -168,6 +169,39 @@ def decision_states(model: Any, sequences: Sequence[Sequence[int]], *, batch_siz
     return torch.stack(rows)
 
 
+def step_surprisal(model: Any, prefixes: Sequence[Sequence[int]], steps: Sequence[Sequence[int]], *,
+                   batch_size: int, pad_id: int) -> list[float]:
+    """For each (prefix, step): the largest surprisal, -log P(token | everything before it), over the step's
+    tokens, teacher-forced in one left-padded pass per batch.
+
+    Why: a model that would have written the right number finds a near miss surprising where the
+    number stands, whatever its state after the step says. Surprise that tells wrong from right
+    steps while P(backtrack) and the decision state do not (detection_surprise_auroc high, the
+    others at 0.5) locates the failure: the model knows, at the number; the comparison is not
+    carried to the step's end, where the backtrack is decided.
+    """
+    import torch
+
+    out: list[float] = [0.0] * len(prefixes)
+    sequences = [list(prefix) + list(step) for prefix, step in zip(prefixes, steps, strict=True)]
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        input_ids, attention = left_padded([sequences[i] for i in chunk], pad_id)
+        keep = max(len(steps[i]) for i in chunk) + 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                           position_ids=positions.to(device), logits_to_keep=keep).logits.float()
+        for row, index in enumerate(chunk):
+            length = len(steps[index])
+            predicting = logits[row, keep - length - 1:keep - 1].log_softmax(-1)  # the logits before each step token
+            targets = torch.tensor(list(steps[index]), device=predicting.device)
+            out[index] = float(-predicting.gather(-1, targets[:, None]).min()) if length else 0.0
+    return out
+
+
 def cross_fitted_scores(wrong: Any, right: Any) -> tuple[list[float], list[float]] | None:
     """Held-out scores of a linear probe that tells wrong from right steps by their decision states.
 
@@ -324,6 +358,8 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
     states = decision_states(model, [i.prompt + i.context + i.wrong for i in items] + right_seqs,
                              batch_size=batch_size, pad_id=pad)
     hidden = cross_fitted_scores(states[:len(items)], states[len(items):]) or ([None] * len(items),) * 2
+    surprise = step_surprisal(model, [i.prompt + i.context for i in items] * 2,
+                              [i.wrong for i in items] + [i.right for i in items], batch_size=batch_size, pad_id=pad)
 
     repair = [i.prompt + i.context + i.wrong + i.retraction for i in items]
     correction = [i.prompt + i.context + i.wrong for i in items]
@@ -355,6 +391,8 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
             "p_backtrack_right": right_stats[index][0][0],
             # The held-out linear probe's scores of the same two decision states (cross_fitted_scores).
             "hidden_score_wrong": hidden[0][index], "hidden_score_right": hidden[1][index],
+            # The most surprising token of each step, where it stands (step_surprisal).
+            "surprisal_wrong": surprise[index], "surprisal_right": surprise[n + index],
             "counting_exact": counted,
             "repair_step": _writes_step(repaired["resolved"], expected),
             # The same step written with the retracted tokens gone from the context (as if generation rolled
@@ -386,6 +424,7 @@ def summarize_probe(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "detection_p_wrong": _mean(wrong),
         "detection_p_right": _mean(right),
         "detection_auroc": auroc(wrong, right),
+        "detection_surprise_auroc": auroc([r["surprisal_wrong"] for r in rows], [r["surprisal_right"] for r in rows]),
         "detection_hidden_auroc": auroc([r["hidden_score_wrong"] for r in rows if r["hidden_score_wrong"] is not None],
                                         [r["hidden_score_right"] for r in rows if r["hidden_score_right"] is not None]),
         **{key: share(sum(r[key] for r in rows), n) for key in (

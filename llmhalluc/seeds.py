@@ -40,6 +40,7 @@ DEFAULT_METRICS = (
     "*.accuracy",
     "*.probe.detection_auroc",
     "*.probe.detection_hidden_auroc",
+    "*.probe.detection_surprise_auroc",
     "*.probe.counting_exact",
     "*.probe.repair_step",
     "*.probe.repair_step_resolved",

@@ -47,6 +47,7 @@ PLOTTED = ["accuracy", "accuracy_unresolved", "hallucination_rate", "abstention_
 #: diagnostics.csv column -> (block, metric) in a model's metrics; one row per model, for `dvc plots`.
 DIAGNOSTICS_PLOTTED = {
     "detection_auroc": ("probe", "detection_auroc"), "detection_hidden_auroc": ("probe", "detection_hidden_auroc"),
+    "detection_surprise_auroc": ("probe", "detection_surprise_auroc"),
     "detection_p_wrong": ("probe", "detection_p_wrong"),
     "detection_p_right": ("probe", "detection_p_right"), "counting_exact": ("probe", "counting_exact"),
     "repair_step": ("probe", "repair_step"), "repair_step_resolved": ("probe", "repair_step_resolved"),

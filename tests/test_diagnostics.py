@@ -274,7 +274,8 @@ def test_a_model_that_retracts_exactly_its_wrong_steps_scores_full_marks(tokeniz
     diagnosis = _diagnose(tokenizer, records, "perfect")
     assert diagnosis.metrics["probe"] == {
         "items": 5,  # 2 + 1 + 2 steps
-        "detection_p_wrong": 1.0, "detection_p_right": 0.0, "detection_auroc": 1.0, "detection_hidden_auroc": 1.0,
+        "detection_p_wrong": 1.0, "detection_p_right": 0.0, "detection_auroc": 1.0, "detection_surprise_auroc": 1.0,
+        "detection_hidden_auroc": 1.0,
         "counting_exact": 1.0, "repair_step": 1.0, "repair_step_resolved": 1.0, "repair_answer": 1.0,
         "correction_backtracked": 1.0, "correction_right": 1.0, "false_positive": 0.0,
     }
@@ -292,6 +293,7 @@ def test_a_model_that_never_backtracks(tokenizer, records):
     assert (probe["detection_p_wrong"], probe["detection_p_right"], probe["detection_auroc"]) == (0.0, 0.0, 0.5)
     # ... yet it knows: it ends after a wrong step and goes on after a right one, and its state says so
     assert probe["detection_hidden_auroc"] == 1.0
+    assert probe["detection_surprise_auroc"] == 1.0  # and the near miss is not what it would have written
     assert probe["counting_exact"] == 0.0  # every error has more than one token, and no second backtrack comes
     assert probe["correction_backtracked"] == 0.0 and probe["correction_right"] == 0.0
     assert probe["false_positive"] == 0.0

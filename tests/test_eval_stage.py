@@ -135,8 +135,8 @@ def test_diagnostics_are_on_by_default_per_model_and_between_models(first_run: P
         probe, own, sampled = metrics[name]["probe"], metrics[name]["own_errors"], metrics[name]["sampled"]
         assert probe["items"] == 6  # every step of the five problems with steps; the unanswerable one has none
         for key in ("detection_p_wrong", "detection_p_right", "detection_auroc", "detection_hidden_auroc",
-                    "counting_exact", "repair_step",
-                    "repair_answer", "correction_backtracked", "correction_right", "false_positive"):
+                    "detection_surprise_auroc", "counting_exact", "repair_step", "repair_answer",
+                    "correction_backtracked", "correction_right", "false_positive"):
             assert 0.0 <= probe[key] <= 1.0, key
         assert own["samples"] == 24 and own["steps_checked"] >= own["steps_wrong"] >= 0
         assert sampled["samples"] == 24 and sampled["problems"] == 6  # 4 samples of each of the 6 problems
