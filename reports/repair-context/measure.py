@@ -10,6 +10,8 @@ the probe on and the sampled / own-error diagnostics off, and writes one JSON pe
     python reports/repair-context/measure.py --repo ../sweep3 --out reports/repair-context/runs \
         tok-syn-seed0 tok-syn-seed1 ...
     python reports/repair-context/measure.py --summarize reports/repair-context/runs   # the table, mean ± 95 % CI
+    python reports/repair-context/measure.py --summarize reports/detection/runs \
+        --keys detection_auroc,detection_hidden_auroc                                   # any probe metrics
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def measure(repo: Path, name: str, problems: int) -> dict:
             **{model: metrics[model]["probe"] for model in ("sft", "grpo") if model in metrics}}
 
 
-def summarize(folder: Path) -> str:
-    """One row per config (experiment name without -seedN): repair in context and from the resolved context."""
+def summarize(folder: Path, keys: tuple[str, ...] = ("repair_step", "repair_step_resolved")) -> str:
+    """One row per config (experiment name without -seedN): each probe key of each model, mean ± 95 % CI."""
     import re
 
     from llmhalluc.statistics import mean_ci
@@ -95,12 +97,11 @@ def summarize(folder: Path) -> str:
         width = "n/a" if estimate.half_width is None else f"{estimate.half_width:.3f}"
         return f"{estimate.mean:.3f} ± {width}"
 
-    lines = ["| config | seeds | SFT repair_step | SFT repair_step_resolved | GRPO repair_step | "
-             "GRPO repair_step_resolved |", "|---|---|---|---|---|---|"]
+    columns = [(model, key) for model in ("sft", "grpo") for key in keys]
+    lines = ["| config | seeds | " + " | ".join(f"{m.upper()} {k}" for m, k in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for config, runs in groups.items():
-        lines.append(f"| {config} | {len(runs)} | " + " | ".join(
-            cell(runs, model, key) for model in ("sft", "grpo") for key in ("repair_step", "repair_step_resolved"))
-            + " |")
+        lines.append(f"| {config} | {len(runs)} | " + " | ".join(cell(runs, m, k) for m, k in columns) + " |")
     return "\n".join(lines)
 
 
@@ -111,10 +112,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for one JSON per experiment")
     parser.add_argument("--problems", type=int, default=50, help="eval.probe.problems (the sweep's)")
     parser.add_argument("--summarize", type=Path, help="print the table of this folder's JSONs and stop")
+    parser.add_argument("--keys", default="repair_step,repair_step_resolved",
+                        help="probe metrics in the table, comma-separated")
     args = parser.parse_args()
     if args.summarize:
         sys.path.insert(0, str(ROOT))
-        print(summarize(args.summarize))
+        print(summarize(args.summarize, tuple(args.keys.split(","))))
         return
     if not (args.experiments and args.repo and args.out):
         parser.error("give experiments, --repo and --out (or --summarize FOLDER)")
@@ -122,7 +125,8 @@ def main() -> None:
     for name in args.experiments:
         result = measure(args.repo.resolve(), name, args.problems)
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        print(name, {m: (result[m]["repair_step"], result[m]["repair_step_resolved"]) for m in ("sft", "grpo")})
+        print(name, {m: {k: result[m][k] for k in ("repair_step", "repair_step_resolved", "detection_auroc",
+                                                    "detection_hidden_auroc")} for m in ("sft", "grpo")})
 
 
 if __name__ == "__main__":
