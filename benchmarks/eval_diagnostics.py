@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from llmhalluc import diagnostics, evaluation
-    from llmhalluc.answers import DEFAULT_ABSTAIN
+    from llmhalluc.answers import DEFAULT_ABSTAIN, DEFAULT_PATTERN
     from llmhalluc.models import load_model_and_tokenizer
     from llmhalluc.params import load_section
     from llmhalluc.training import seed_everything
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             def score(ids, record, tokenizer=tokenizer, backtrack_id=backtrack_id):
                 return evaluation.score(ids, gold=record.answer, answerable=record.answerable, tokenizer=tokenizer,
-                                        backtrack_id=backtrack_id, pattern=p.answer_pattern, abstain=DEFAULT_ABSTAIN)
+                                        backtrack_id=backtrack_id, pattern=DEFAULT_PATTERN, abstain=DEFAULT_ABSTAIN)
 
             def greedy(model=model, tokenizer=tokenizer, score=score):
                 seed_everything(p.seed)

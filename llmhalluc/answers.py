@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 #: Group 1 is the final answer: everything after "The answer is" (any case, an optional colon)
@@ -30,6 +31,16 @@ DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\
 
 #: What prepare writes as the gold answer of an unanswerable question, unless its meta.json says otherwise.
 DEFAULT_ABSTAIN = "unanswerable"
+
+
+@dataclass(frozen=True)
+class AnswerRules:
+    """How a final answer is found and what abstaining says: prepare's facts about its data (prepare.answer_pattern,
+    prepare.abstain_answer), recorded in data_dir/meta.json, read by GRPO's rewards and by eval alike
+    (records.read_answer_rules), so the two never judge an answer by different rules."""
+
+    pattern: str = DEFAULT_PATTERN
+    abstain: str = DEFAULT_ABSTAIN
 
 # The number an answer states: optional sign and currency sign (a space may follow it), thousands
 # groups or plain digits, decimals; not a digit run inside a word or a fraction ("1/2" is no number).

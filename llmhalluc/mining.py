@@ -24,15 +24,14 @@ from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.records import Error, Record
 from llmhalluc.diagnostics import split_steps
 
-_ANSWER = re.compile(DEFAULT_PATTERN)
 
-
-def own_error(record: Record, completion: str) -> Error | None:
+def own_error(record: Record, completion: str, pattern: str = DEFAULT_PATTERN) -> Error | None:
     """The first certifiably wrong step of one backtrack-resolved completion of record's prompt, or None.
 
     Steps are walked against the gold steps; the first that differs counts only if it is a finished
     step ('.') whose arithmetic fails. After all gold steps, an answer sentence with another answer
-    counts too. Different-but-right, unfinished, uncheckable or missing steps give None.
+    counts too (the sentence found by `pattern`, prepare.answer_pattern). Different-but-right, unfinished,
+    uncheckable or missing steps give None.
     """
     for index, step in enumerate(split_steps(completion)):
         if index < len(record.steps):
@@ -41,7 +40,7 @@ def own_error(record: Record, completion: str) -> Error | None:
             if step.endswith(".") and check_step(step) is False:
                 return Error(step=index, text=step)
             return None
-        match = _ANSWER.search(step)  # the sentence after the gold steps: the answer sentence
+        match = re.search(pattern, step)  # the sentence after the gold steps: the answer sentence
         if not step.endswith(".") or match is None or not match.group(1):
             return None
         gold = normalize_answer(record.answer)
@@ -78,7 +77,7 @@ def near_misses(records: Sequence[Record], seed: int) -> tuple[list[Record], dic
 
 def mine(model: Any, tokenizer: Any, records: Sequence[Record], *, samples: int, temperature: float,
          max_new_tokens: int, batch_size: int, seed: int, backtrack_id: int,
-         unit: str) -> tuple[list[Record], dict[str, Any]]:
+         unit: str, pattern: str = DEFAULT_PATTERN) -> tuple[list[Record], dict[str, Any]]:
     """Sample each record's prompt `samples` times; each record with an own error comes back with
     errors=[that error] (the first sample, in order, that has one), the others unchanged.
 
@@ -104,7 +103,7 @@ def mine(model: Any, tokenizer: Any, records: Sequence[Record], *, samples: int,
         found = None
         for ids in completions[number * samples:(number + 1) * samples]:
             text = tokenizer.decode(retraction.resolve(ids), skip_special_tokens=True)
-            if (found := own_error(record, text)) is not None:
+            if (found := own_error(record, text, pattern)) is not None:
                 break
         if found is None:
             out.append(record)

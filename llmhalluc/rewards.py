@@ -31,12 +31,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from llmhalluc.answers import DEFAULT_ABSTAIN, extract_answer, normalize_answer
+from llmhalluc.answers import AnswerRules, extract_answer, normalize_answer
 from llmhalluc.backtrack import Retraction, retraction_for
 from llmhalluc.errors import DataError, ParamsError
 
 if TYPE_CHECKING:
-    from llmhalluc.params.sections import AccuracyRewardOptions, RewardsParams
+    from llmhalluc.params.sections import RewardsParams
 
 RewardFn = Callable[..., list[float]]
 
@@ -72,14 +72,14 @@ def reward(name: str) -> Callable[[Factory], Factory]:
 
 def build_rewards(
     names: Sequence[str], tokenizer: Decoder, backtrack_id: int, options: RewardsParams | None = None,
-    *, unit: str = "token", abstain: str = DEFAULT_ABSTAIN,
+    *, unit: str = "token", answers: AnswerRules | None = None,
 ) -> list[RewardFn]:
     """The reward functions named in params, in order, each named as TRL will log it (`rewards/<name>/mean`).
 
     options is the parsed `grpo.rewards` section (defaults when None); unit is the
-    retraction unit of the model being trained (backtrack.unit_of its lineage); abstain is the
-    phrase prepare wrote for unanswerable questions (data_dir/meta.json: its one home, read as
-    eval reads it, so training and eval never judge an abstention differently). The params
+    retraction unit of the model being trained (backtrack.unit_of its lineage); answers are the
+    answer pattern and abstain phrase prepare recorded (data_dir/meta.json: their one home, read as
+    eval reads them, so training and eval never judge an answer differently; defaults when None). The params
     layer has already refused unknown names; the check here is for callers that
     bypass it.
     """
@@ -87,7 +87,8 @@ def build_rewards(
 
     options = options if options is not None else RewardsParams()
     retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
-    judge = AnswerJudge.from_options(options.accuracy, abstain)
+    answers = answers or AnswerRules()
+    judge = AnswerJudge(pattern=answers.pattern, abstain=answers.abstain)
     functions = []
     for name in names:
         if name not in REWARDS:
@@ -109,7 +110,7 @@ def resolved_texts(tokenizer: Decoder, retraction: Retraction,
 
 @dataclass(frozen=True)
 class AnswerJudge:
-    """What a right final answer is, from grpo.rewards.accuracy; every reward that needs it uses this one.
+    """What a right final answer is, by prepare's answer rules; every reward that needs it uses this one.
 
     The gold answer of an unanswerable question is the abstain phrase, whatever
     the `answer` column holds (SQuAD v2 style datasets leave it empty), so an
@@ -118,11 +119,6 @@ class AnswerJudge:
 
     pattern: str
     abstain: str
-
-    @classmethod
-    def from_options(cls, options: AccuracyRewardOptions, abstain: str = DEFAULT_ABSTAIN) -> AnswerJudge:
-        """The judge of grpo.rewards.accuracy, with the abstain phrase prepare wrote (data_dir/meta.json)."""
-        return cls(pattern=options.answer_pattern, abstain=abstain)
 
     def gold(self, answer: Any, answerable: bool) -> str | None:
         return normalize_answer(self.abstain if not answerable else str(answer))
@@ -175,7 +171,7 @@ def accuracy(tokenizer: Decoder, retraction: Retraction, options: RewardsParams,
              judge: AnswerJudge) -> RewardFn:
     """1.0 when the resolved completion's final answer equals the gold answer, else 0.0.
 
-    The final answer is the last match of grpo.rewards.accuracy.answer_pattern,
+    The final answer is the last match of prepare.answer_pattern,
     else the last number; both sides are normalised (`1,080` == `1080.0`, and against a
     numeric gold the number stated: `$18 per day` == `18`, llmhalluc.answers). On an
     unanswerable question (`answerable` false) the gold answer is the abstain
@@ -200,14 +196,14 @@ def answer_format(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
                   judge: AnswerJudge) -> RewardFn:
     """1.0 when the resolved completion ends with the trained answer sentence, else 0.0.
 
-    The sentence is the last match of grpo.rewards.accuracy.answer_pattern,
+    The sentence is the last match of prepare.answer_pattern,
     closed by grpo.rewards.format.terminator ("... The answer is 7."): the
     terminator either right after the match or as the match's own last
     character (the default pattern consumes the closing period). Only
     whitespace and special tokens (end of turn) may follow. Correctness is not
     judged here.
     """
-    pattern = re.compile(options.accuracy.answer_pattern)
+    pattern = re.compile(judge.pattern)
     terminator = options.format.terminator
 
     def ends_with_answer(text: str) -> bool:
@@ -321,7 +317,7 @@ def backtrack_use(tokenizer: Decoder, retraction: Retraction, options: RewardsPa
 
     Scored per completion; the first matching row wins. n = backtrack tokens in
     the completion; a *run* is a maximal stretch of consecutive backtracks;
-    "right" is the accuracy reward's judgement (grpo.rewards.accuracy), on the
+    "right" is the accuracy reward's judgement (prepare's answer rules), on the
     resolved completion. Options: grpo.rewards.backtrack.{max_backtracks,
     fix_reward, penalty}; max_backtracks: auto is resolved from the SFT lineage
     before this runs (resolve_max_backtracks).

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 # temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.answers import DEFAULT_ABSTAIN
-from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
+from llmhalluc.answers import AnswerRules
+from llmhalluc.datasets.records import read_answer_rules, read_jsonl
 from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
 from llmhalluc.lineage import read_lineage, warn_if_cut
@@ -67,7 +67,7 @@ def main(section: Section) -> None:
     if not records:
         raise DataError(f"{data_dir / 'eval.jsonl'}: no eval records; raise prepare.sizes.eval")
     _check_held_out(data_dir, records)
-    abstain = read_abstain_answer(data_dir, DEFAULT_ABSTAIN)
+    answers = read_answer_rules(data_dir)  # prepare's pattern and abstain phrase, as GRPO's rewards read them
     compared = dict(p.models)
     if p.include_base:
         compared["base"] = evaluation.base_model(p.base_from)
@@ -76,7 +76,7 @@ def main(section: Section) -> None:
 
     predictions, metrics, histograms, diagnoses = {}, {}, {}, {}
     for name, path in compared.items():
-        predictions[name], diagnoses[name] = _evaluate(p, name, path, records, sampling, abstain)
+        predictions[name], diagnoses[name] = _evaluate(p, name, path, records, sampling, answers)
         metrics[name] = {**evaluation.summarize(predictions[name], p.max_new_tokens), **diagnoses[name].metrics}
         histograms[name] = evaluation.backtrack_histogram(predictions[name])
         for block, values in [("", metrics[name]), *diagnoses[name].metrics.items()]:
@@ -98,7 +98,8 @@ def main(section: Section) -> None:
                 _write_jsonl(staging / "probe" / f"{name}.jsonl", diagnosis.probe_rows)
             if diagnosis.sample_rows:
                 _write_jsonl(staging / "samples" / f"{name}.jsonl", diagnosis.sample_rows)
-        write_resolved({**resolved(section), "compared": compared, "abstain_answer": abstain}, staging)
+        write_resolved({**resolved(section), "compared": compared, "abstain_answer": answers.abstain,
+                        "answer_pattern": answers.pattern}, staging)
     with staged_output(p.plots_dir) as staging:
         _write_csv(staging / "models.csv", ["model", *PLOTTED],
                    [[name, *(metrics[name][k] for k in PLOTTED)] for name in compared])
@@ -112,7 +113,7 @@ def main(section: Section) -> None:
 
 
 def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Sampling,
-              abstain: str) -> tuple[list[dict], Diagnosis]:
+              answers: AnswerRules) -> tuple[list[dict], Diagnosis]:
     """One model: its scored greedy answers, then its diagnostics (while it is loaded: one model in memory)."""
     from llmhalluc import diagnostics, evaluation
     from llmhalluc.backtrack import retraction_for, unit_of
@@ -128,7 +129,7 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
 
     def score(ids: Sequence[int], record: Any) -> dict:
         return evaluation.score(ids, gold=record.answer, answerable=record.answerable, tokenizer=tokenizer,
-                                backtrack_id=backtrack_id, pattern=p.answer_pattern, abstain=abstain,
+                                backtrack_id=backtrack_id, pattern=answers.pattern, abstain=answers.abstain,
                                 retraction=retraction)
 
     rows = [{"id": r.id, **score(ids, r)} for r, ids in zip(records, completions, strict=True)]

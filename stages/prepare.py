@@ -45,7 +45,7 @@ def main(section: Section) -> None:
             record.prompt = chat_prompt(record.question, p.system_prompt)
 
     stats = _stats(every, drops)
-    meta = {"abstain_answer": p.abstain_answer,
+    meta = {"abstain_answer": p.abstain_answer, "answer_pattern": p.answer_pattern,
             "sources": {name: registry[name].source.describe() for name in records}}
     with staged_output(p.out_dir) as staging:
         for name, rows in every.items():

@@ -26,9 +26,8 @@ from pathlib import Path
 # temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmhalluc.answers import DEFAULT_ABSTAIN
 from llmhalluc.backtrack import DEFAULT_TOKEN
-from llmhalluc.datasets.records import read_abstain_answer, read_jsonl
+from llmhalluc.datasets.records import read_answer_rules, read_jsonl
 from llmhalluc.launcher import print_once
 from llmhalluc.params import Section, resolved, trl_config
 from llmhalluc.stage import run_stage
@@ -52,7 +51,7 @@ def main(section: Section) -> None:
     seed_everything(config.seed)
     data_file = Path(p.data_dir) / "grpo.jsonl"
     records = read_jsonl(data_file)
-    abstain = read_abstain_answer(p.data_dir, DEFAULT_ABSTAIN)  # prepare's phrase: eval judges by the same one
+    answers = read_answer_rules(p.data_dir)  # prepare's answer pattern and abstain phrase: eval judges by the same
 
     # The start point, and the backtrack token as SFT recorded it.
     start = p.model_name_or_path
@@ -78,9 +77,9 @@ def main(section: Section) -> None:
     dataset = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable}
                                  for r in records])
     unit = unit_of(upstream)  # rewards resolve completions as the start model was trained to retract
-    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards, unit=unit, abstain=abstain)
+    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards, unit=unit, answers=answers)
     rewards[0] = tracking.observe_completions(rewards[0], tokenizer, backtrack_id, unit=unit,
-                                              judge=AnswerJudge.from_options(p.rewards.accuracy, abstain))
+                                              judge=AnswerJudge(pattern=answers.pattern, abstain=answers.abstain))
 
     if p.lora.enabled:
         model = with_adapter(model, lora_config(p.lora, backtrack_id, model))

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import encode_example, retraction_for
-from llmhalluc.datasets.records import jsonl_text, read_jsonl
+from llmhalluc.datasets.records import jsonl_text, read_answer_rules, read_jsonl
 from llmhalluc.errors import DataError
 from llmhalluc.launcher import is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config
@@ -111,7 +111,8 @@ def main(section: Section) -> None:
     if own.rate > 0:  # two passes: clean, then a share of the records with the model's own mistakes
         model, records, own_summary = own_errors_pass(model, tokenizer, records, config, params, identity, own,
                                                       start, backtrack_id=backtrack_id, mask_errors=p.mask_errors,
-                                                      unit=p.backtrack.unit)
+                                                      unit=p.backtrack.unit,
+                                                      answer_pattern=read_answer_rules(p.data_dir).pattern)
         mixed = jsonl_text(records)  # the records pass 2 trains on: hashed into its run identity, and published
         identity = {**identity, "own_errors": hashlib.sha256(mixed.encode()).hexdigest()}
         config = replace(config, max_steps=config.max_steps - own.after_steps)  # equal budget with one pass
@@ -164,7 +165,7 @@ def main(section: Section) -> None:
 
 
 def own_errors_pass(model, tokenizer, records, config, params: dict, identity: dict, own, start, *,
-                    backtrack_id: int, mask_errors: bool, unit: str):
+                    backtrack_id: int, mask_errors: bool, unit: str, answer_pattern: str):
     """Pass 1 of sft.own_errors: after_steps steps on the records without errors (resumable, its checkpoints
     in output_dir/clean), then mining a seeded `rate` share of the records (seed sft.seed). Returns the
     trained model, the records (a mined one's errors replaced by its own error) and the mining summary.
@@ -189,7 +190,8 @@ def own_errors_pass(model, tokenizer, records, config, params: dict, identity: d
     else:
         mined, summary = mine(trainer.model, tokenizer, [records[i] for i in chosen], samples=own.samples,
                               temperature=own.temperature, max_new_tokens=own.max_new_tokens,
-                              batch_size=own.batch_size, seed=config.seed, backtrack_id=backtrack_id, unit=unit)
+                              batch_size=own.batch_size, seed=config.seed, backtrack_id=backtrack_id, unit=unit,
+                              pattern=answer_pattern)
     records = list(records)
     for index, record in zip(chosen, mined, strict=True):
         records[index] = record

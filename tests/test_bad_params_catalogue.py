@@ -165,8 +165,8 @@ CASES = [
          ["invalid YAML: mapping values are not allowed here"], "beta: 0.0: 1"),
     Case("grpo", "duplicate-key", sub("      penalty: 0.5 ", "      penalty: 0.5\n      penalty: 0.1 "),
          ['invalid YAML: found duplicate key "penalty"'], "penalty: 0.1"),
-    Case("grpo", "nested-not-mapping", ("block", "    accuracy:", "    accuracy: strict"),
-         ["grpo.rewards.accuracy: expected a mapping, got str"], "accuracy: strict"),
+    Case("grpo", "nested-not-mapping", ("block", "    format:", "    format: strict"),
+         ["grpo.rewards.format: expected a mapping, got str"], "format: strict"),
     # --- merge ---------------------------------------------------------------------------------------------
     Case("merge", "unknown-key", sub("  dtype: float32 ", "  dtyp: float32 "),
          ["merge.dtyp: unknown key (did you mean merge.dtype?)"], "dtyp:"),

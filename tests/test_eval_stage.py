@@ -208,8 +208,6 @@ def _assert_earlier_outs(root: Path) -> None:
         ("    sft: models/a\n    base: models/a\n", {"  include_base: false ": "  include_base: true "},
          ["eval.include_base", "already has one"]),
         ("    s/ft: models/a\n", {}, ["eval.models.s/ft: a model name must be"]),
-        ("    sft: models/a\n", {"\n  answer_pattern: '": "\n  answer_pattern: 'The answer is \\d+' #"},
-         ["eval.answer_pattern: needs a capture group"]),
         ("    sft: models/a\n", {"  include_base: false ": "  include_base: true ", "  base_from: models/sft ":
                                  "  base_from: models/a "}, ["eval.include_base", "records no base model"]),
         ("    sft: models/a\n", {"    k: [1, 4] ": "    k: [1, 8] "},
@@ -219,7 +217,7 @@ def _assert_earlier_outs(root: Path) -> None:
         ("    sft: models/a\n", {"    enabled: true               # detection": "    enabeld: true  # detection"},
          ["eval.probe.enabeld: unknown key (did you mean eval.probe.enabled?)"]),
     ],
-    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "pattern-without-group", "no-base-recorded",
+    ids=["missing-model", "vllm-on-cpu", "base-twice", "bad-name", "no-base-recorded",
          "k-over-n", "positions-typo", "probe-key-typo"],
 )
 def test_bad_params_exit_2_naming_the_key(workspace: Path, tmp_path: Path, models, changes, fragments):
@@ -298,4 +296,4 @@ def test_dvc_eval_stage_tracks_every_model_it_reads_and_declares_its_plots():
 
 
 def test_params_file_spells_out_the_default_answer_pattern():
-    assert load_section("eval", ROOT / "params.yaml", for_run=False).project.answer_pattern == DEFAULT_PATTERN
+    assert load_section("prepare", ROOT / "params.yaml", for_run=False).project.answer_pattern == DEFAULT_PATTERN

@@ -48,19 +48,25 @@ CASES = [
      ["grpo.rollout_backtrack_bias: must be a finite number"]),
     ("train_grpo", "    backtrack:                  # shapes", "    backtrak:                  # shapes",
      ["grpo.rewards.backtrak: unknown key", "did you mean grpo.rewards.backtrack"]),
-    ("train_grpo", "      answer_pattern: '(?i", "      max_tokens: 3\n      answer_pattern: '(?i",
-     ["grpo.rewards.accuracy.max_tokens: unknown key", "valid keys: answer_pattern"]),
-    # The abstain phrase has one home, prepare.abstain_answer: a second one in grpo is refused, not ignored.
-    ("train_grpo", "      answer_pattern: '(?i", "      abstain_answer: none\n      answer_pattern: '(?i",
-     ["grpo.rewards.accuracy.abstain_answer: unknown key"]),
+    ("train_grpo", "      terminator: ", "      max_tokens: 3\n      terminator: ",
+     ["grpo.rewards.format.max_tokens: unknown key", "valid keys: terminator"]),
+    # The answer rules have one home, prepare: a second pattern or phrase in grpo or eval is refused, not ignored.
+    ("train_grpo", "    format: ", "    accuracy:\n      answer_pattern: 'x(\\d)'\n    format: ",
+     ["grpo.rewards.accuracy: unknown key"]),
+    ("eval", "  seed: 0                       # sampling seed",
+     "  answer_pattern: 'x(\\d)'\n  seed: 0                       # sampling seed",
+     ["eval.answer_pattern: unknown key"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: forty ",
      ["grpo.rewards.length.max_tokens: expected int, got str 'forty'"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: 0 ", ["grpo.rewards.length.max_tokens: must be >= 1"]),
     ("train_grpo", "      penalty: 1.0 ", "      penalty: -1.0 ", ["grpo.rewards.backtrack.penalty: must be >= 0"]),
-    ("train_grpo", "      answer_pattern: '(?i:", "      answer_pattern: '((?i:",  # one '(' never closed
-     ["grpo.rewards.accuracy.answer_pattern: not a valid regular expression"]),
-    ("train_grpo", "      answer_pattern: '(?i:", "      answer_pattern: 'The answer is \\d+' #",
-     ["grpo.rewards.accuracy.answer_pattern: needs a capture group"]),
+    ("prepare", "  answer_pattern: '(?i:", "  answer_pattern: '((?i:",  # one '(' never closed
+     ["prepare.answer_pattern: not a valid regular expression"]),
+    ("prepare", "  answer_pattern: '(?i:", "  answer_pattern: 'The answer is \\d+' #",
+     ["prepare.answer_pattern: needs a capture group"]),
+    # a regex with a group that does not read the sentence SFT trains on ("The answer is 42.")
+    ("prepare", "  answer_pattern: '(?i:", "  answer_pattern: 'Answer: (\\d+)' #",
+     ["prepare.answer_pattern: reads None from the answer sentence SFT trains on, 'The answer is 42.'"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, accuracy]",
      ["grpo.reward_funcs[1]: 'accuracy' is listed twice"]),
     ("train_sft", "learning_rate: 0.001", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),
@@ -176,4 +182,4 @@ def test_every_reward_with_its_options_passes_the_dry_run(tmp_path: Path, params
     assert resolved["reward_funcs"] == ["accuracy", "format", "backtrack", "length"]
     assert resolved["reward_weights"] == [1.0, 0.5, 0.3, 0.2]
     assert resolved["rewards"]["backtrack"] == {"max_backtracks": 4, "fix_reward": 1.0, "penalty": 1.0}
-    assert "abstain_answer" not in resolved["rewards"]["accuracy"]  # one home: prepare.abstain_answer
+    assert "accuracy" not in resolved["rewards"]  # what a right answer is has one home: prepare's answer rules

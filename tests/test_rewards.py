@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from llmhalluc.answers import AnswerRules
 from llmhalluc.backtrack import resolve_ids
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.params.sections import (
-    AccuracyRewardOptions,
     BacktrackRewardOptions,
     FormatRewardOptions,
     LengthRewardOptions,
@@ -113,28 +113,34 @@ def options(**sections) -> RewardsParams:
     return dataclasses.replace(RewardsParams(), **sections)
 
 
-def one(name: str, tokenizer, opts: RewardsParams | None = None):
+def one(name: str, tokenizer, opts: RewardsParams | None = None, pattern: str | None = None):
     bt = tokenizer.convert_tokens_to_ids(BACKTRACK)
-    return build_rewards([name], tokenizer, bt, opts)[0]
+    return build_rewards([name], tokenizer, bt, opts, answers=AnswerRules(pattern=pattern) if pattern else None)[0]
 
 
 # --------------------------------------------------------------------------- registry
 
 
-def test_every_registered_reward_has_an_options_section_and_back():
-    """A reward without a section could not be configured; a section without a reward would be a dead key."""
-    assert set(REWARDS) == {f.name for f in dataclasses.fields(RewardsParams)} == {
-        "accuracy", "format", "backtrack", "length"}
+def test_every_options_section_belongs_to_a_registered_reward():
+    """A section without a reward would be a dead key; accuracy has none: it judges by prepare's answer rules."""
+    assert {f.name for f in dataclasses.fields(RewardsParams)} == {"format", "backtrack", "length"}
+    assert set(REWARDS) == {"accuracy", "format", "backtrack", "length"}
 
 
-def test_params_yaml_judges_answers_like_eval():
-    """Eval extracts with llmhalluc.answers' default pattern; GRPO's accuracy must use the same one by default."""
+def test_rewards_judge_by_prepares_answer_rules(tmp_path):
+    """The pattern and the abstain phrase have one home, prepare (data_dir/meta.json); a folder that predates
+    the record gets the defaults, and a broken record is a data error, not a silent default."""
+    import json
+
     from llmhalluc.answers import DEFAULT_PATTERN
-    from llmhalluc.params import load_section
-    from tests.conftest import ROOT
+    from llmhalluc.datasets.records import read_answer_rules
 
-    grpo = load_section("grpo", ROOT / "params.yaml", for_run=False)
-    assert grpo.project.rewards.accuracy.answer_pattern == DEFAULT_PATTERN == AccuracyRewardOptions().answer_pattern
+    assert read_answer_rules(tmp_path) == AnswerRules() and AnswerRules().pattern == DEFAULT_PATTERN
+    (tmp_path / "meta.json").write_text(json.dumps({"abstain_answer": "n/a", "answer_pattern": r"Answer: (\d+)"}))
+    assert read_answer_rules(tmp_path) == AnswerRules(pattern=r"Answer: (\d+)", abstain="n/a")
+    (tmp_path / "meta.json").write_text(json.dumps({"answer_pattern": r"Answer: \d+"}))
+    with pytest.raises(DataError, match="answer_pattern: needs a capture group"):
+        read_answer_rules(tmp_path)
 
 
 def test_build_rewards_names_each_function_as_trl_logs_it(tokenizer):
@@ -192,7 +198,7 @@ def test_accuracy_normalises_numbers_and_takes_the_last_sentence(tokenizer, c):
 
 
 def test_accuracy_pattern_is_an_option(tokenizer, c):
-    fn = one("accuracy", tokenizer, options(accuracy=AccuracyRewardOptions(answer_pattern=r"Answer: (\d+)")))
+    fn = one("accuracy", tokenizer, pattern=r"Answer: (\d+)")
     ids = [c.build("Answer: 7 and then 9"), c.build("The answer is 7. Answer: 9")]
     scores, _ = call(fn, tokenizer, ids, ["7", "7"])
     assert scores == [1.0, 0.0]
@@ -200,7 +206,7 @@ def test_accuracy_pattern_is_an_option(tokenizer, c):
 
 @pytest.mark.parametrize("conversational", [False, True], ids=["plain", "conversational"])
 def test_abstaining_is_right_only_on_unanswerable_questions(tokenizer, c, conversational):
-    fn = one("accuracy", tokenizer, options(accuracy=AccuracyRewardOptions(answer_pattern=ABSTAIN_PATTERN)))
+    fn = one("accuracy", tokenizer, pattern=ABSTAIN_PATTERN)
     abstain, guess = c.build("The answer is unanswerable."), c.build("The answer is 7.")
     ids = [abstain, abstain, guess, guess, c.build("The answer is ", c.retract("7."), "unanswerable.")]
     answers = ["unanswerable", "7", "unanswerable", "7", ""]  # the last: SQuAD-v2 style empty gold
@@ -211,9 +217,9 @@ def test_abstaining_is_right_only_on_unanswerable_questions(tokenizer, c, conver
 
 def test_the_abstain_phrase_is_prepares(tokenizer, c):
     """The phrase has one home, prepare.abstain_answer (data_dir/meta.json); the stage hands it to the rewards."""
-    opts = options(accuracy=AccuracyRewardOptions(answer_pattern=r"The answer is (\w+)"))
     bt = tokenizer.convert_tokens_to_ids(BACKTRACK)
-    accuracy = build_rewards(["accuracy"], tokenizer, bt, opts, abstain="Unknown")[0]
+    answers = AnswerRules(pattern=r"The answer is (\w+)", abstain="Unknown")
+    accuracy = build_rewards(["accuracy"], tokenizer, bt, answers=answers)[0]
     scores, _ = call(accuracy, tokenizer,
                      [c.build("The answer is unknown."), c.build("The answer is unanswerable.")],
                      ["", ""], [False, False])
@@ -247,8 +253,8 @@ def test_format_wants_the_answer_sentence_at_the_end(tokenizer, c, conversationa
 
 def test_format_terminator_is_an_option(tokenizer, c):
     # A numbers-only pattern: with a text-capable one, "7 So" would itself be the answer.
-    fn = one("format", tokenizer, options(format=FormatRewardOptions(terminator=""),
-                                          accuracy=AccuracyRewardOptions(answer_pattern=r"The answer is (-?\d+)")))
+    fn = one("format", tokenizer, options(format=FormatRewardOptions(terminator="")),
+             pattern=r"The answer is (-?\d+)")
     scores, _ = call(fn, tokenizer, [c.build("The answer is 7"), c.build("The answer is 7 So")], ["7", "7"])
     assert scores == [1.0, 0.0]
 
@@ -257,8 +263,8 @@ def test_format_terminator_is_an_option(tokenizer, c):
 
 
 def backtrack_scores(tokenizer, ids, answers, answerable=None, conversational=False, **opts):
-    fn = one("backtrack", tokenizer, options(backtrack=BacktrackRewardOptions(**{"max_backtracks": 16, **opts}),
-                                             accuracy=AccuracyRewardOptions(answer_pattern=ABSTAIN_PATTERN)))
+    fn = one("backtrack", tokenizer, options(backtrack=BacktrackRewardOptions(**{"max_backtracks": 16, **opts})),
+             pattern=ABSTAIN_PATTERN)
     scores, logged = call(fn, tokenizer, ids, answers, answerable, conversational=conversational)
     return scores, logged["backtrack_rule"]
 
@@ -369,8 +375,8 @@ def test_grpo_trainer_calls_the_rewards_with_its_own_arguments(tokenizer, c, tmp
     folder = Path(tokenizer.name_or_path)
     model = AutoModelForCausalLM.from_pretrained(folder)
     names = ["accuracy", "format", "backtrack", "length"]
-    rewards = build_rewards(names, tokenizer, c.bt, options(accuracy=AccuracyRewardOptions(
-        answer_pattern=ABSTAIN_PATTERN), backtrack=BacktrackRewardOptions(max_backtracks=16)))
+    rewards = build_rewards(names, tokenizer, c.bt, options(backtrack=BacktrackRewardOptions(max_backtracks=16)),
+                            answers=AnswerRules(pattern=ABSTAIN_PATTERN))
     prompt = [{"role": "user", "content": "Start with 3. Add 4. What is the result?"}]
     data = Dataset.from_list([{"prompt": prompt, "answer": "7", "answerable": True}] * 2)
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=2,

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llmhalluc.answers import DEFAULT_ABSTAIN, DEFAULT_PATTERN, AnswerRules, pattern_problem
 from llmhalluc.errors import DataError
 
 
@@ -117,7 +118,7 @@ def _check_types(record: Record) -> None:
             raise TypeError(f"errors entries need an integer step and a text, got {error!r}")
 
 
-#: Facts about the prepared sets as a whole (the abstain phrase, the sources), beside the three .jsonl files.
+#: Facts about the prepared sets as a whole (the answer rules, the sources), beside the three .jsonl files.
 META_FILE = "meta.json"
 
 
@@ -125,16 +126,21 @@ def write_meta(folder: Path, meta: dict) -> None:
     (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def read_abstain_answer(data_dir: str | Path, default: str) -> str:
-    """The gold answer of unanswerable questions as prepare recorded it (default when the file predates it)."""
+def read_answer_rules(data_dir: str | Path) -> AnswerRules:
+    """The answer pattern and abstain phrase prepare recorded (the defaults where the file predates them)."""
     meta_file = Path(data_dir) / META_FILE
     if not meta_file.is_file():
-        return default
+        return AnswerRules()
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"{meta_file}: not valid JSON ({exc}); re-run `dvc repro prepare`") from exc
-    phrase = meta.get("abstain_answer", default) if isinstance(meta, dict) else None
-    if not isinstance(phrase, str) or not phrase.strip():
-        raise DataError(f"{meta_file}: abstain_answer must be a non-empty string, got {phrase!r}")
-    return phrase
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_file}: expected a JSON object; re-run `dvc repro prepare`")
+    rules = AnswerRules(pattern=meta.get("answer_pattern", DEFAULT_PATTERN),
+                        abstain=meta.get("abstain_answer", DEFAULT_ABSTAIN))
+    if not isinstance(rules.abstain, str) or not rules.abstain.strip():
+        raise DataError(f"{meta_file}: abstain_answer must be a non-empty string, got {rules.abstain!r}")
+    if not isinstance(rules.pattern, str) or (problem := pattern_problem(rules.pattern)):
+        raise DataError(f"{meta_file}: answer_pattern: {problem if isinstance(rules.pattern, str) else 'not a string'}")
+    return rules

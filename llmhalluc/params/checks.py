@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from llmhalluc.datasets.records import answer_sentence
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.schema import Section, nearest
 from llmhalluc.params.sections import BUILTIN_TINY, ROLLOUT_BIAS_KEY
@@ -204,10 +205,20 @@ def _own_errors(section: Section, problems: Problems) -> None:
 
 
 def _prepare(section: Section, problems: Problems) -> None:
-    arithmetic = section.project.arithmetic
-    if arithmetic.min_steps > arithmetic.max_steps:
-        problems.append(section.problem("arithmetic", "min_steps", message=f"{arithmetic.min_steps} exceeds "
-                                        f"max_steps {arithmetic.max_steps}"))
+    p = section.project
+    if p.arithmetic.min_steps > p.arithmetic.max_steps:
+        problems.append(section.problem("arithmetic", "min_steps", message=f"{p.arithmetic.min_steps} exceeds "
+                                        f"max_steps {p.arithmetic.max_steps}"))
+    # The sentence SFT teaches (records.answer_sentence) and the pattern GRPO and eval read it with must agree
+    # (the pattern itself: extract_answer's last-number fallback would hide a pattern that never matches).
+    for answer in ("42", "-3.5", "1,000", "Paris", p.abstain_answer):
+        sentence = answer_sentence(answer)
+        matches = [m.group(1) for m in re.finditer(p.answer_pattern, f"Step one. {sentence}")]
+        found = matches[-1].strip() if matches and matches[-1] else None
+        if found != answer:
+            problems.append(section.problem("answer_pattern", message=f"reads {found!r} from the answer sentence "
+                                            f"SFT trains on, {sentence!r}; it must read {answer!r}"))
+            break
 
 
 def _prepare_datasets(section: Section, problems: Problems) -> None:

@@ -80,6 +80,8 @@ class PrepareParams:
     eval: list[str] = param(["arithmetic"], "registry entries the eval set is drawn from (held out from train)")
     sizes: SplitSizes = param(SplitSizes(), "most examples per prepared set (fewer if the sources run out)")
     abstain_answer: str = param("unanswerable", "the answer of a question that cannot be answered")
+    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins); "
+                                "recorded in meta.json for GRPO and eval", check="answer_pattern")
     on_bad_row: Literal["error", "skip"] = param("error", "a row that cannot be converted stops prepare, or is "
                                                  "dropped and counted in the stats")
     arithmetic: ArithmeticParams = param(ArithmeticParams(), "options of the built-in arithmetic generator")
@@ -177,14 +179,6 @@ class SftParams:
 
 
 @dataclass
-class AccuracyRewardOptions:
-    """grpo.rewards.accuracy: what counts as the right final answer (the other rewards judge by it too)."""
-
-    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins)",
-                                check="answer_pattern")
-
-
-@dataclass
 class FormatRewardOptions:
     """grpo.rewards.format: the answer sentence the completion must end with."""
 
@@ -214,9 +208,9 @@ class LengthRewardOptions:
 
 @dataclass
 class RewardsParams:
-    """grpo.rewards: one options section per registered reward (used when grpo.reward_funcs names it)."""
+    """grpo.rewards: one options section per registered reward that has options (used when grpo.reward_funcs
+    names it); accuracy has none: what a right answer is comes from prepare (answers.AnswerRules)."""
 
-    accuracy: AccuracyRewardOptions = param(AccuracyRewardOptions(), "options of the accuracy reward")
     format: FormatRewardOptions = param(FormatRewardOptions(), "options of the format reward")
     backtrack: BacktrackRewardOptions = param(BacktrackRewardOptions(), "options of the backtrack reward")
     length: LengthRewardOptions = param(LengthRewardOptions(), "options of the length reward")
@@ -302,7 +296,6 @@ class EvalParams:
     top_p: float = param(1.0, "nucleus sampling mass (with do_sample, and of eval.sampled)", above=0, at_most=1)
     seed: int = param(0, "seed for sampling (re-applied before each model)")
     dtype: DtypeOrAuto = param("auto", "weights dtype; auto: bf16 on GPU")
-    answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer", check="answer_pattern")
     probe: ProbeParams = param(ProbeParams(), "the injected-error probe (teacher-forced, on gold solutions)")
     own_errors: OwnErrorsParams = param(OwnErrorsParams(), "P(backtrack) after the model's own wrong vs right steps")
     sampled: SampledParams = param(SampledParams(), "sampled eval: accuracy, pass@k, maj@k")
