@@ -68,6 +68,7 @@ def measure(repo: Path, name: str, problems: int) -> dict:
             materialise(repo, lock, path, work)
         for folder in ("stages", "llmhalluc", "configs"):
             shutil.copytree(ROOT / folder, work / folder)
+        params["eval"].pop("answer_pattern", None)  # an experiment from before prepare.answer_pattern: the default
         params["eval"]["probe"] = {**params["eval"]["probe"], "enabled": True, "problems": problems}
         params["eval"]["sampled"]["enabled"] = False
         params["eval"]["own_errors"]["enabled"] = False
