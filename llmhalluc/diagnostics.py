@@ -145,44 +145,23 @@ def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Seque
     return out
 
 
-def decision_states(model: Any, sequences: Sequence[Sequence[int]], *, batch_size: int, pad_id: int) -> Any:
-    """The final hidden state (what the LM head reads) at each sequence's last token, one row per sequence
-    (float64 on the CPU): the representation P(backtrack) is read from at a decision point.
+def read_steps(model: Any, prefixes: Sequence[Sequence[int]], steps: Sequence[Sequence[int]], *, batch_size: int,
+               pad_id: int) -> tuple[list[float], Any]:
+    """Two readings of each (prefix, step), from one teacher-forced, left-padded pass per batch:
 
-    Batched and left-padded as next_token_stats, so padding changes nothing.
+    - surprisal: the largest -log P(token | everything before it) over the step's tokens. A model
+      that would have written the right number finds a near miss surprising where the number
+      stands, whatever its state after the step says;
+    - state: the final hidden state (what the LM head reads) at the step's last token, the
+      representation P(backtrack) is decided from (one float64 row per item, on the CPU).
+
+    Surprise that tells wrong from right steps while the state and P(backtrack) do not locates the
+    failure: the model knows at the number, and the comparison is not carried to the step's end.
     """
     import torch
 
-    rows: list[Any] = [None] * len(sequences)
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        input_ids, attention = left_padded([sequences[i] for i in chunk], pad_id)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            hidden = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                           position_ids=positions.to(device), output_hidden_states=True,
-                           logits_to_keep=1).hidden_states[-1]
-        for row, index in enumerate(chunk):
-            rows[index] = hidden[row, -1].double().cpu()
-    return torch.stack(rows)
-
-
-def step_surprisal(model: Any, prefixes: Sequence[Sequence[int]], steps: Sequence[Sequence[int]], *,
-                   batch_size: int, pad_id: int) -> list[float]:
-    """For each (prefix, step): the largest surprisal, -log P(token | everything before it), over the step's
-    tokens, teacher-forced in one left-padded pass per batch.
-
-    Why: a model that would have written the right number finds a near miss surprising where the
-    number stands, whatever its state after the step says. Surprise that tells wrong from right
-    steps while P(backtrack) and the decision state do not (detection_surprise_auroc high, the
-    others at 0.5) locates the failure: the model knows, at the number; the comparison is not
-    carried to the step's end, where the backtrack is decided.
-    """
-    import torch
-
-    out: list[float] = [0.0] * len(prefixes)
+    surprisal: list[float] = [0.0] * len(prefixes)
+    states: list[Any] = [None] * len(prefixes)
     sequences = [list(prefix) + list(step) for prefix, step in zip(prefixes, steps, strict=True)]
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     device = next(model.parameters()).device
@@ -192,14 +171,17 @@ def step_surprisal(model: Any, prefixes: Sequence[Sequence[int]], steps: Sequenc
         keep = max(len(steps[i]) for i in chunk) + 1
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                           position_ids=positions.to(device), logits_to_keep=keep).logits.float()
+            out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                        position_ids=positions.to(device), logits_to_keep=keep, output_hidden_states=True)
+        logits = out.logits.float()
         for row, index in enumerate(chunk):
+            states[index] = out.hidden_states[-1][row, -1].double().cpu()
             length = len(steps[index])
-            predicting = logits[row, keep - length - 1:keep - 1].log_softmax(-1)  # the logits before each step token
-            targets = torch.tensor(list(steps[index]), device=predicting.device)
-            out[index] = float(-predicting.gather(-1, targets[:, None]).min()) if length else 0.0
-    return out
+            if length:
+                predicting = logits[row, keep - length - 1:keep - 1].log_softmax(-1)  # the logits before each token
+                targets = torch.tensor(list(steps[index]), device=predicting.device)
+                surprisal[index] = float(-predicting.gather(-1, targets[:, None]).min())
+    return surprisal, torch.stack(states)
 
 
 def cross_fitted_scores(wrong: Any, right: Any) -> tuple[list[float], list[float]] | None:
@@ -355,11 +337,10 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
     stats = next_token_stats(model, wrong_seqs + right_seqs, wrong_ends + [[len(s)] for s in right_seqs],
                              token_id=backtrack_id, batch_size=batch_size, pad_id=pad)
     wrong_stats, right_stats = stats[:len(items)], stats[len(items):]
-    states = decision_states(model, [i.prompt + i.context + i.wrong for i in items] + right_seqs,
-                             batch_size=batch_size, pad_id=pad)
+    surprise, states = read_steps(model, [i.prompt + i.context for i in items] * 2,
+                                  [i.wrong for i in items] + [i.right for i in items], batch_size=batch_size,
+                                  pad_id=pad)
     hidden = cross_fitted_scores(states[:len(items)], states[len(items):]) or ([None] * len(items),) * 2
-    surprise = step_surprisal(model, [i.prompt + i.context for i in items] * 2,
-                              [i.wrong for i in items] + [i.right for i in items], batch_size=batch_size, pad_id=pad)
 
     repair = [i.prompt + i.context + i.wrong + i.retraction for i in items]
     correction = [i.prompt + i.context + i.wrong for i in items]
@@ -389,9 +370,9 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
             # at 1e-9, and AUROC must see that; only the summary means are rounded.
             "p_backtrack_wrong": wrong_stats[index][0][0],
             "p_backtrack_right": right_stats[index][0][0],
-            # The held-out linear probe's scores of the same two decision states (cross_fitted_scores).
+            # The held-out linear probe's scores of the same two decision states (read_steps, cross_fitted_scores).
             "hidden_score_wrong": hidden[0][index], "hidden_score_right": hidden[1][index],
-            # The most surprising token of each step, where it stands (step_surprisal).
+            # The most surprising token of each step, where it stands (read_steps).
             "surprisal_wrong": surprise[index], "surprisal_right": surprise[n + index],
             "counting_exact": counted,
             "repair_step": _writes_step(repaired["resolved"], expected),

@@ -1,5 +1,5 @@
 """Where along a wrong step the decision state could know it is wrong: the held-out linear probe of the
-eval probe (`diagnostics.decision_states` + `cross_fitted_scores`) at two positions of the same items,
+eval probe (`diagnostics.read_steps` + `cross_fitted_scores`) at two positions of the same items,
 the wrong number's last token (the step without its final '.') and the step's end (where the backtrack
 is decided), on models of finished DVC experiments (materialised from the DVC cache read-only, as
 reports/repair-context/measure.py does).
@@ -46,10 +46,10 @@ def positions(folder: Path, problems: int = 50, seed: int = 0) -> dict:
                  unit=lineage["retraction"]["unit"])) is not None]
     out: dict = {"items": len(items)}
     for label, cut in (("number", 1), ("step_end", 0)):
-        sequences = [i.prompt + i.context + i.wrong[:len(i.wrong) - cut] for i in items] + \
-                    [i.prompt + i.context + i.right[:len(i.right) - cut] for i in items]
-        states = diagnostics.decision_states(model, sequences, batch_size=32,
-                                             pad_id=diagnostics.pad_id(model, tokenizer))
+        _, states = diagnostics.read_steps(model, [i.prompt + i.context for i in items] * 2,
+                                           [i.wrong[:len(i.wrong) - cut] for i in items]
+                                           + [i.right[:len(i.right) - cut] for i in items],
+                                           batch_size=32, pad_id=diagnostics.pad_id(model, tokenizer))
         wrong, right = diagnostics.cross_fitted_scores(states[:len(items)], states[len(items):])
         out[label] = diagnostics.auroc(wrong, right)
     return out
