@@ -108,80 +108,79 @@ def _mean(values: Sequence[float]) -> float | None:
 # --------------------------------------------------------------------------- teacher forcing
 
 
-def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Sequence[Sequence[int]], *,
-                     token_id: int, batch_size: int, pad_id: int, with_rank: bool = False) -> list[list[tuple]]:
-    """For each sequence and each n in its ends: (P(token_id | seq[:n]), the argmax next id), and with_rank
-    a third element, token_id's rank among all next ids (1 = the argmax; ties rank below it: 1 + how many
-    ids score strictly higher).
+@dataclass
+class Readings:
+    """What one teacher-forced pass over a batch of sequences reads (read_sequences)."""
 
-    One forward pass per batch of sequences, left-padded like generation, with
-    position ids counted from each sequence's first real token so padding changes
-    nothing; only the logits from the first needed position on are computed
-    (`logits_to_keep`), which keeps a hub model's large vocabulary affordable.
+    #: per sequence, per end n: (P(token | seq[:n]), the argmax next id[, the token's rank])
+    stats: list[list[tuple]]
+    #: per sequence with a span: the largest -log P(token | everything before it) over the span's tokens
+    surprisal: list[float | None]
+    #: per sequence with a span: the final hidden state (what the LM head reads) at the span's last token
+    states: list[Any]
+
+
+def read_sequences(model: Any, sequences: Sequence[Sequence[int]], ends: Sequence[Sequence[int]], *,
+                   token_id: int, batch_size: int, pad_id: int, with_rank: bool = False,
+                   spans: Sequence[tuple[int, int] | None] | None = None) -> Readings:
+    """Everything the diagnostics read off a model by teacher forcing, in one forward pass per batch.
+
+    For each sequence and each n in its ends: P(token_id | seq[:n]) and the argmax next id (with_rank:
+    also token_id's rank among all next ids, 1 = the argmax, ties ranking below it). For each span
+    (start, stop) of a step inside its sequence: the step's surprisal, its most surprising token (a
+    model that would have written the right number finds a near miss surprising where the number
+    stands), and the decision state at the step's last token (states as float64 rows on the CPU).
+
+    Sequences are left-padded like generation, with position ids counted from each sequence's first
+    real token, so padding changes nothing; only the logits from the first needed position on are
+    computed (`logits_to_keep`), which keeps a hub model's large vocabulary affordable.
     """
     import torch
 
-    out: list[list[tuple[float, int]]] = [[] for _ in sequences]
-    wanted = [i for i in range(len(sequences)) if ends[i]]
+    spans = list(spans) if spans is not None else [None] * len(sequences)
+    readings = Readings(stats=[[] for _ in sequences], surprisal=[None] * len(sequences),
+                        states=[None] * len(sequences))
+    wanted = [i for i in range(len(sequences)) if ends[i] or spans[i]]
     order = sorted(wanted, key=lambda i: -len(sequences[i]))
     device = next(model.parameters()).device
+    hidden_wanted = any(spans)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         input_ids, attention = left_padded([sequences[i] for i in chunk], pad_id)
         width = input_ids.shape[1]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        first = min(width - len(sequences[i]) + n - 1 for i in chunk for n in ends[i])
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                           position_ids=positions.to(device), logits_to_keep=width - first).logits
-        for row, index in enumerate(chunk):
-            columns = [width - len(sequences[index]) + n - 1 - first for n in ends[index]]
-            selected = logits[row, columns].float()
-            probs = selected.softmax(-1)[:, token_id].tolist()
-            columns_out = [probs, selected.argmax(-1).tolist()]
-            if with_rank:
-                columns_out.append((selected > selected[:, token_id:token_id + 1]).sum(-1).add(1).tolist())
-            out[index] = list(zip(*columns_out, strict=True))
-    return out
-
-
-def read_steps(model: Any, prefixes: Sequence[Sequence[int]], steps: Sequence[Sequence[int]], *, batch_size: int,
-               pad_id: int) -> tuple[list[float], Any]:
-    """Two readings of each (prefix, step), from one teacher-forced, left-padded pass per batch:
-
-    - surprisal: the largest -log P(token | everything before it) over the step's tokens. A model
-      that would have written the right number finds a near miss surprising where the number
-      stands, whatever its state after the step says;
-    - state: the final hidden state (what the LM head reads) at the step's last token, the
-      representation P(backtrack) is decided from (one float64 row per item, on the CPU).
-
-    Surprise that tells wrong from right steps while the state and P(backtrack) do not locates the
-    failure: the model knows at the number, and the comparison is not carried to the step's end.
-    """
-    import torch
-
-    surprisal: list[float] = [0.0] * len(prefixes)
-    states: list[Any] = [None] * len(prefixes)
-    sequences = [list(prefix) + list(step) for prefix, step in zip(prefixes, steps, strict=True)]
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        input_ids, attention = left_padded([sequences[i] for i in chunk], pad_id)
-        keep = max(len(steps[i]) for i in chunk) + 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        # The first position whose logits are read: an end's, or the one predicting a span's first token.
+        needed = [width - len(sequences[i]) + n - 1 for i in chunk for n in ends[i]]
+        needed += [width - len(sequences[i]) + spans[i][0] - 1 for i in chunk if spans[i]]
+        first = min(needed)
         with torch.inference_mode():
             out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                        position_ids=positions.to(device), logits_to_keep=keep, output_hidden_states=True)
-        logits = out.logits.float()
+                        position_ids=positions.to(device), logits_to_keep=width - first,
+                        output_hidden_states=hidden_wanted)
+        logits = out.logits
         for row, index in enumerate(chunk):
-            states[index] = out.hidden_states[-1][row, -1].double().cpu()
-            length = len(steps[index])
-            if length:
-                predicting = logits[row, keep - length - 1:keep - 1].log_softmax(-1)  # the logits before each token
-                targets = torch.tensor(list(steps[index]), device=predicting.device)
-                surprisal[index] = float(-predicting.gather(-1, targets[:, None]).min())
-    return surprisal, torch.stack(states)
+            offset = width - len(sequences[index])
+            if ends[index]:
+                selected = logits[row, [offset + n - 1 - first for n in ends[index]]].float()
+                columns = [selected.softmax(-1)[:, token_id].tolist(), selected.argmax(-1).tolist()]
+                if with_rank:
+                    columns.append((selected > selected[:, token_id:token_id + 1]).sum(-1).add(1).tolist())
+                readings.stats[index] = list(zip(*columns, strict=True))
+            if spans[index]:
+                begin, stop = spans[index]
+                predicting = logits[row, offset + begin - 1 - first:offset + stop - 1 - first].float().log_softmax(-1)
+                targets = torch.tensor(list(sequences[index][begin:stop]), device=predicting.device)
+                readings.surprisal[index] = float(-predicting.gather(-1, targets[:, None]).min())
+                readings.states[index] = out.hidden_states[-1][row, offset + stop - 1].double().cpu()
+    return readings
+
+
+def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Sequence[Sequence[int]], *,
+                     token_id: int, batch_size: int, pad_id: int, with_rank: bool = False) -> list[list[tuple]]:
+    """read_sequences' next-token readings alone: for each sequence and each n in its ends, (P(token_id |
+    seq[:n]), the argmax next id[, token_id's rank])."""
+    return read_sequences(model, sequences, ends, token_id=token_id, batch_size=batch_size, pad_id=pad_id,
+                          with_rank=with_rank).stats
 
 
 def cross_fitted_scores(wrong: Any, right: Any) -> tuple[list[float], list[float]] | None:
@@ -328,18 +327,22 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
               max_new_tokens: int, score: Scorer) -> list[dict[str, Any]]:
     """One row per item: detection probabilities and the counting chain (teacher-forced), then repair,
     correction and false positive (greedy continuations, all three in one batched generation)."""
+    import torch
+
     if not items:
         return []
     pad = pad_id(model, tokenizer)
     wrong_seqs = [i.prompt + i.context + i.wrong + i.retraction for i in items]
     right_seqs = [i.prompt + i.context + i.right for i in items]
     wrong_ends = [[len(i.prompt + i.context + i.wrong) + m for m in range(len(i.retraction) + 1)] for i in items]
-    stats = next_token_stats(model, wrong_seqs + right_seqs, wrong_ends + [[len(s)] for s in right_seqs],
-                             token_id=backtrack_id, batch_size=batch_size, pad_id=pad)
-    wrong_stats, right_stats = stats[:len(items)], stats[len(items):]
-    surprise, states = read_steps(model, [i.prompt + i.context for i in items] * 2,
-                                  [i.wrong for i in items] + [i.right for i in items], batch_size=batch_size,
-                                  pad_id=pad)
+    # One teacher-forced pass: P(backtrack) and the counting chain, and each step's surprisal and decision state.
+    steps = [(len(i.prompt + i.context), len(i.prompt + i.context + i.wrong)) for i in items] + \
+        [(len(i.prompt + i.context), len(s)) for i, s in zip(items, right_seqs, strict=True)]
+    read = read_sequences(model, wrong_seqs + right_seqs, wrong_ends + [[len(s)] for s in right_seqs],
+                          token_id=backtrack_id, batch_size=batch_size, pad_id=pad, spans=steps)
+    wrong_stats, right_stats = read.stats[:len(items)], read.stats[len(items):]
+    surprise = read.surprisal
+    states = torch.stack(read.states)
     hidden = cross_fitted_scores(states[:len(items)], states[len(items):]) or ([None] * len(items),) * 2
 
     repair = [i.prompt + i.context + i.wrong + i.retraction for i in items]
@@ -370,9 +373,9 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
             # at 1e-9, and AUROC must see that; only the summary means are rounded.
             "p_backtrack_wrong": wrong_stats[index][0][0],
             "p_backtrack_right": right_stats[index][0][0],
-            # The held-out linear probe's scores of the same two decision states (read_steps, cross_fitted_scores).
+            # The held-out linear probe's scores of the same two decision states (cross_fitted_scores).
             "hidden_score_wrong": hidden[0][index], "hidden_score_right": hidden[1][index],
-            # The most surprising token of each step, where it stands (read_steps).
+            # The most surprising token of each step, where it stands (read_sequences).
             "surprisal_wrong": surprise[index], "surprisal_right": surprise[n + index],
             "counting_exact": counted,
             "repair_step": _writes_step(repaired["resolved"], expected),

@@ -185,7 +185,9 @@ class Scripted:
         return iter([self.anchor])
 
     def next_id(self, ids: list[int]) -> int:
-        prompt = next(p for p in self.plans if tuple(ids[:len(p)]) == p)
+        prompt = next((p for p in self.plans if tuple(ids[:len(p)]) == p), None)
+        if prompt is None:  # inside the prompt: a position whose logits a batch computes and nobody reads
+            return self.eos
         target, boundaries, script = self.plans[prompt]
         written = ids[len(prompt):]
         if self.mode == "erring" and written == script[:len(written)]:

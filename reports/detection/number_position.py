@@ -1,5 +1,5 @@
 """Where along a wrong step the decision state could know it is wrong: the held-out linear probe of the
-eval probe (`diagnostics.read_steps` + `cross_fitted_scores`) at two positions of the same items,
+eval probe (`diagnostics.read_sequences` + `cross_fitted_scores`) at two positions of the same items,
 the wrong number's last token (the step without its final '.') and the step's end (where the backtrack
 is decided), on models of finished DVC experiments (materialised from the DVC cache read-only, as
 reports/repair-context/measure.py does).
@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "reports" / "repair-context"))
 
 import measure  # noqa: E402
+import torch  # noqa: E402
 from ruamel.yaml import YAML  # noqa: E402
 
 from llmhalluc import diagnostics  # noqa: E402
@@ -46,10 +47,11 @@ def positions(folder: Path, problems: int = 50, seed: int = 0) -> dict:
                  unit=lineage["retraction"]["unit"])) is not None]
     out: dict = {"items": len(items)}
     for label, cut in (("number", 1), ("step_end", 0)):
-        _, states = diagnostics.read_steps(model, [i.prompt + i.context for i in items] * 2,
-                                           [i.wrong[:len(i.wrong) - cut] for i in items]
-                                           + [i.right[:len(i.right) - cut] for i in items],
-                                           batch_size=32, pad_id=diagnostics.pad_id(model, tokenizer))
+        sequences = [i.prompt + i.context + i.wrong for i in items] + [i.prompt + i.context + i.right for i in items]
+        spans = [(len(i.prompt + i.context), len(s) - cut) for i, s in zip(items * 2, sequences, strict=True)]
+        read = diagnostics.read_sequences(model, sequences, [[] for _ in sequences], token_id=backtrack_id,
+                                          batch_size=32, pad_id=diagnostics.pad_id(model, tokenizer), spans=spans)
+        states = torch.stack(read.states)
         wrong, right = diagnostics.cross_fitted_scores(states[:len(items)], states[len(items):])
         out[label] = diagnostics.auroc(wrong, right)
     return out
