@@ -268,29 +268,37 @@ def probe_item(record: Record, position: int, *, prompt: list[int], tokenize: Ca
                      right_step=right_step, wrong_step=wrong_step)
 
 
+def probe_items(tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, seed: int, unit: str,
+                positions: list[int] | str = "all") -> list[ProbeItem]:
+    """The probe's items for records at the given step positions (probe_positions), tokenized as train_sft
+    encodes steps, each prompt as the chat template opens the assistant turn (evaluation.prompt_ids)."""
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    items = []
+    for r in records:
+        prompt = evaluation.prompt_ids(tokenizer, r.prompt)
+        items += [item for position in probe_positions(len(r.steps), positions)
+                  if (item := probe_item(r, position, prompt=prompt, tokenize=tokenize, backtrack_id=backtrack_id,
+                                         seed=seed, unit=unit)) is not None]
+    return items
+
+
 def reachability(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, unit: str,
                  seed: int, batch_size: int) -> dict[str, Any]:
     """How reachable the backtrack token is: mean P(backtrack) right after a near-miss wrong step and after the
     right one, and the median rank of the token after the wrong step (1 = greedy would emit it).
 
     train_sft reports it for its first records before and after training. The items are the
-    probe's (`probe_item` at every step, prompts from the chat template as train_sft encodes),
+    probe's (`probe_items` at every step),
     teacher-forced in one batched pass (`next_token_stats`); the model is put in eval mode for
     it and left in the mode it was in. Unrounded probabilities would be noise in `dvc metrics
     show`, rounded to 6 decimals they would all read 0 for a fresh token: 6 significant digits.
     """
     import statistics
 
-    def tokenize(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)  # as train_sft encodes steps
-
-    items = []
-    for r in records:
-        prompt = tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True,
-                                               return_dict=False)
-        items += [item for position in range(len(r.steps))
-                  if (item := probe_item(r, position, prompt=prompt, tokenize=tokenize, backtrack_id=backtrack_id,
-                                         seed=seed, unit=unit)) is not None]
+    items = probe_items(tokenizer, records, backtrack_id=backtrack_id, seed=seed, unit=unit)
     if not items:
         return {"items": 0}
     wrong = [i.prompt + i.context + i.wrong for i in items]
@@ -583,13 +591,8 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
         return evaluation.prompt_ids(tokenizer, record.prompt)
 
     if p.probe.enabled and has_token:
-        def tokenize(text: str) -> list[int]:
-            return tokenizer.encode(text, add_special_tokens=False)  # as train_sft encodes steps
-
-        items = [item for r in records[:p.probe.problems] for position in probe_positions(len(r.steps),
-                                                                                          p.probe.positions)
-                 if (item := probe_item(r, position, prompt=prompt(r), tokenize=tokenize,
-                                        backtrack_id=backtrack_id, seed=p.seed, unit=unit)) is not None]
+        items = probe_items(tokenizer, records[:p.probe.problems], backtrack_id=backtrack_id, seed=p.seed, unit=unit,
+                            positions=p.probe.positions)
         probe_rows = run_probe(model, tokenizer, items, backtrack_id=backtrack_id, batch_size=p.batch_size,
                                max_new_tokens=p.max_new_tokens, score=score)
         metrics["probe"] = summarize_probe(probe_rows)

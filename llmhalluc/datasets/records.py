@@ -141,6 +141,7 @@ def read_answer_rules(data_dir: str | Path) -> AnswerRules:
                         abstain=meta.get("abstain_answer", DEFAULT_ABSTAIN))
     if not isinstance(rules.abstain, str) or not rules.abstain.strip():
         raise DataError(f"{meta_file}: abstain_answer must be a non-empty string, got {rules.abstain!r}")
-    if not isinstance(rules.pattern, str) or (problem := pattern_problem(rules.pattern)):
-        raise DataError(f"{meta_file}: answer_pattern: {problem if isinstance(rules.pattern, str) else 'not a string'}")
+    problem = pattern_problem(rules.pattern) if isinstance(rules.pattern, str) else "not a string"
+    if problem:
+        raise DataError(f"{meta_file}: answer_pattern: {problem}")
     return rules

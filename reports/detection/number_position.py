@@ -35,16 +35,8 @@ def positions(folder: Path, problems: int = 50, seed: int = 0) -> dict:
     lineage = json.loads((folder / "models/sft/lineage.json").read_text())
     backtrack_id = tokenizer.convert_tokens_to_ids(lineage["backtrack_token"])
 
-    def tokenize(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    items = [item for r in read_jsonl(folder / "data/prepared/eval.jsonl")[:problems]
-             for position in range(len(r.steps))
-             if (item := diagnostics.probe_item(
-                 r, position, prompt=tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True,
-                                                                    tokenize=True, return_dict=False),
-                 tokenize=tokenize, backtrack_id=backtrack_id, seed=seed,
-                 unit=lineage["retraction"]["unit"])) is not None]
+    items = diagnostics.probe_items(tokenizer, read_jsonl(folder / "data/prepared/eval.jsonl")[:problems],
+                                    backtrack_id=backtrack_id, seed=seed, unit=lineage["retraction"]["unit"])
     out: dict = {"items": len(items)}
     for label, cut in (("number", 1), ("step_end", 0)):
         sequences = [i.prompt + i.context + i.wrong for i in items] + [i.prompt + i.context + i.right for i in items]
