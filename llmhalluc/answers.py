@@ -66,6 +66,25 @@ def pattern_problem(pattern: str) -> str | None:
     return None
 
 
+def answer_sentence(answer: str) -> str:
+    """The closing sentence every SFT solution ends with; the answer pattern reads the answer back out of it."""
+    return f"The answer is {answer}."
+
+
+def sentence_problem(pattern: str, abstain: str) -> str | None:
+    """Why `pattern` does not read answers back out of the sentence SFT trains on, or None.
+
+    Matched directly, not through extract_answer: its last-number fallback would hide a
+    pattern that never matches."""
+    for answer in ("42", "-3.5", "1,000", "Paris", abstain):
+        sentence = answer_sentence(answer)
+        matches = [m.group(1) for m in re.finditer(pattern, f"Step one. {sentence}")]
+        found = matches[-1].strip() if matches and matches[-1] else None
+        if found != answer:
+            return f"reads {found!r} from the answer sentence SFT trains on, {sentence!r}; it must read {answer!r}"
+    return None
+
+
 def extract_answer(text: str, pattern: str = DEFAULT_PATTERN) -> str | None:
     """The last match of pattern's group 1 (the whole match if it has no group); else the last number; else None.
 

@@ -26,13 +26,13 @@ Definitions (one example = one prompt and its one completion):
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmhalluc import hardware
 from llmhalluc.answers import extract_answer, normalize_answer
 from llmhalluc.backtrack import DEFAULT_TOKEN, Retraction, count_backtracks
 from llmhalluc.errors import ParamsError
@@ -131,7 +131,8 @@ def generate_vllm(model_path: str, tokenizer: Any, prompts: Sequence[list[int]],
                   dtype: str) -> list[list[int]]:
     """Completion ids from vLLM (GPU only). vLLM batches by itself; the prompts go in as ids, so the
     chat template is applied exactly once, by the same tokenizer as on the transformers path."""
-    require_vllm("eval.backend")
+    if problem := hardware.vllm_problem():  # the params check said so already; a caller of this function may not
+        raise ParamsError(f"eval.backend: vllm {problem}; use transformers")
     if (Path(model_path) / "adapter_config.json").is_file():
         raise ParamsError(f"eval.models: {model_path} is a LoRA adapter folder; eval.backend: vllm needs a full "
                           "model folder (evaluate the merged model, or use eval.backend: transformers)")
@@ -152,16 +153,6 @@ def generate_vllm(model_path: str, tokenizer: Any, prompts: Sequence[list[int]],
     )
     outputs = llm.generate([{"prompt_token_ids": list(ids)} for ids in prompts], params)
     return [cut_at_stop(list(o.outputs[0].token_ids), stops) for o in outputs]
-
-
-def require_vllm(key: str) -> None:
-    """vLLM runs only on a CUDA GPU with the package installed; anything else is a params error naming key."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ParamsError(f"{key}: vllm needs a CUDA GPU and this machine has none; use transformers")
-    if importlib.util.find_spec("vllm") is None:
-        raise ParamsError(f"{key}: vllm is not installed (pip install vllm); or use transformers")
 
 
 # --------------------------------------------------------------------------- what a model folder records

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from llmhalluc import hardware
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.lineage import base_location, read_lineage
@@ -360,9 +361,7 @@ _DTYPES = {name: getattr(torch, name) for name in typing.get_args(Dtype)}  # the
 def resolve_dtype(dtype: str) -> torch.dtype:
     """Map a params dtype name to torch; "auto" is bfloat16 where the GPU supports it, else float32."""
     if dtype == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        return torch.bfloat16 if hardware.bf16() else torch.float32
     if dtype not in _DTYPES:
         raise ParamsError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]

@@ -152,12 +152,12 @@ def test_a_number_with_its_unit_is_wrong_only_against_a_text_gold():
 
 
 def test_the_answer_sentence_sft_trains_on_is_what_the_params_patterns_extract():
-    """The sentence (records.answer_sentence) and the patterns (params.yaml) are two facts that must agree."""
+    """The sentence (answers.answer_sentence) and the patterns (params.yaml) are two facts that must agree."""
     from pathlib import Path
 
     import yaml
 
-    from llmhalluc.datasets.records import answer_sentence
+    from llmhalluc.answers import answer_sentence
 
     params = yaml.safe_load((Path(__file__).resolve().parent.parent / "params.yaml").read_text(encoding="utf-8"))
     pattern = params["prepare"]["answer_pattern"]  # its one home; GRPO and eval read it from meta.json

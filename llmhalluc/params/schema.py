@@ -24,6 +24,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Literal, Union
 
 from llmhalluc.answers import pattern_problem
@@ -101,12 +102,20 @@ def _union(members: list[Type]) -> Type:
     return flat[0] if len(flat) == 1 else {"t": "union", "of": flat}
 
 
-def json_default(value: Any) -> Any:
-    """A default as JSON; objects YAML cannot express become their repr."""
+def plain(value: Any) -> Any:
+    """A value as JSON data: enums by value, paths and dataclasses spelled out, containers walked, and an
+    object JSON cannot hold as its repr. Both a field's cached default and the resolved JSON go through it,
+    so the two spell a value the same way."""
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, PurePath):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
     try:
         json.dumps(value)
     except TypeError:
@@ -116,9 +125,9 @@ def json_default(value: Any) -> Any:
 
 def field_default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
-        return json_default(f.default)
+        return plain(f.default)
     if f.default_factory is not dataclasses.MISSING:
-        return json_default(f.default_factory())
+        return plain(f.default_factory())
     return None
 
 
