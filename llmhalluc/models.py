@@ -26,7 +26,7 @@ from llmhalluc import hardware
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.lineage import base_location, read_lineage
-from llmhalluc.params.sections import Dtype, TinyModelParams
+from llmhalluc.params.sections import PACKAGE_PREFIX, Dtype, TinyModelParams
 from llmhalluc.trl_compat import peft_spelling_quiet
 
 if TYPE_CHECKING:
@@ -365,9 +365,6 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ParamsError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
-
-
-PACKAGE_PREFIX = "package:"
 
 
 def model_location(name_or_path: str) -> str:

