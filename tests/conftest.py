@@ -16,6 +16,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("LLMHALLUC_CACHE_DIR", str(ROOT / ".pytest_cache" / "llmhalluc-schema"))
 
 
+def dvc_yaml(root: Path = ROOT) -> dict:
+    """dvc.yaml as DVC runs it: `${section.key}` resolved from root's params.yaml by DVC's own resolver."""
+    from dvc.parsing import DataResolver
+    from dvc.repo import Repo
+    from ruamel.yaml import YAML
+
+    with Repo(str(root)) as repo:
+        resolver = DataResolver(repo, str(root), YAML(typ="safe").load((root / "dvc.yaml").read_text()))
+        return {"stages": resolver.resolve()["stages"], "plots": resolver.resolve_plots(),
+                "metrics": resolver.resolve_metrics()}
+
+
 @pytest.fixture
 def params_text() -> str:
     """The repo's own params.yaml, which every test edit starts from."""

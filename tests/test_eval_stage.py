@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 from llmhalluc.answers import DEFAULT_PATTERN
 from llmhalluc.datasets.records import Record, chat_prompt, write_jsonl
 from llmhalluc.params import load_section
-from tests.conftest import ROOT, edit, run_stage_script
+from tests.conftest import ROOT, dvc_yaml, edit, run_stage_script
 
 MODELS_BLOCK = (
     "  models:                       # name -> model folder or hub id, each evaluated and reported under its name\n"
@@ -279,7 +279,7 @@ def test_a_tokenizer_missing_its_recorded_token_is_a_data_error(workspace: Path,
 
 
 def test_dvc_eval_stage_tracks_every_model_it_reads_and_declares_its_plots():
-    dvc = YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())
+    dvc = dvc_yaml(ROOT)
     stage = dvc["stages"]["eval"]
     p = load_section("eval", ROOT / "params.yaml", for_run=False).project
     assert set(p.models.values()) <= set(stage["deps"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, dvc_yaml
 
 
 def module_file(name: str) -> Path | None:
@@ -131,7 +131,7 @@ def _names(items) -> list[str]:
 
 
 def test_every_stage_depends_on_its_import_closure_and_what_it_reads() -> None:
-    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    pipeline = dvc_yaml(ROOT)["stages"]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     every_out = {out for stage in pipeline.values() for out in _names(stage.get("outs")) + _names(stage.get("metrics"))}
     edges = graph()

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import re
+import sys
 
 from ruamel.yaml import YAML
 
 from llmhalluc.params import load_section
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dvc_yaml
 
 STAGE_SECTION = {"prepare": "prepare", "train_sft": "sft", "train_grpo": "grpo", "merge": "merge", "eval": "eval"}
 
 
 def _dvc() -> dict:
-    return YAML(typ="safe").load((ROOT / "dvc.yaml").read_text())
+    return dvc_yaml(ROOT)
 
 
 def test_each_stage_tracks_only_its_own_section_and_runs_its_script():
@@ -25,20 +26,43 @@ def test_each_stage_tracks_only_its_own_section_and_runs_its_script():
         assert f"stages/{stage}.py" in stages[stage]["deps"]
 
 
+def _outs(stage: dict) -> set[str]:
+    return {next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])}
+
+
 def test_out_paths_in_params_match_dvc_outs():
     stages = _dvc()["stages"]
-
-    def outs(stage):
-        return {next(iter(o)) if isinstance(o, dict) else o for o in stages[stage]["outs"]}
-
     params = {s: load_section(s, ROOT / "params.yaml", for_run=False) for s in STAGE_SECTION.values()}
-    assert params["prepare"].project.out_dir in outs("prepare")
-    assert {params["sft"].project.model_dir, params["sft"].trl["output_dir"]} <= outs("train_sft")
-    assert {params["grpo"].project.model_dir, params["grpo"].trl["output_dir"]} <= outs("train_grpo")
-    assert params["merge"].project.out_dir in outs("merge")
-    assert params["eval"].project.out_dir in outs("eval")
-    metrics = {next(iter(m)) for m in stages["eval"]["metrics"]}
-    assert params["eval"].project.metrics_file in metrics
+    assert params["prepare"].project.out_dir in _outs(stages["prepare"])
+    assert {params["sft"].project.model_dir, params["sft"].trl["output_dir"]} <= _outs(stages["train_sft"])
+    assert {params["grpo"].project.model_dir, params["grpo"].trl["output_dir"]} <= _outs(stages["train_grpo"])
+    assert params["merge"].project.out_dir in _outs(stages["merge"])
+    assert {params["eval"].project.out_dir, params["eval"].project.metrics_file} <= _outs(stages["eval"])
+
+
+def test_a_path_set_in_params_moves_the_out_and_every_edge_to_it(tmp_path):
+    """`dvc exp run -S sft.model_dir=...` needs no dvc.yaml edit: the out and the stages downstream follow."""
+    import shutil
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    text = (ROOT / "params.yaml").read_text()
+    for old, new in (("model_dir: models/sft ", "model_dir: runs/a/sft "), ("out_dir: models/merged ", "out_dir: "
+                     "runs/a/merged "), ("plots_dir: plots/eval ", "plots_dir: runs/a/plots ")):
+        assert old in text
+        text = text.replace(old, new)
+    (tmp_path / "params.yaml").write_text(text)
+    moved = dvc_yaml(tmp_path)
+    stages = moved["stages"]
+    assert "runs/a/sft" in _outs(stages["train_sft"]) and "models/sft" not in _outs(stages["train_sft"])
+    for stage in ("train_grpo", "merge", "eval"):
+        assert "runs/a/sft" in stages[stage]["deps"] and "models/sft" not in stages[stage]["deps"], stage
+    assert "runs/a/merged" in _outs(stages["merge"]) and "runs/a/merged" in stages["eval"]["deps"]
+    plotted = {path for plot in moved["plots"] for spec in plot.values() for path in (spec.get("y") or {})
+               if isinstance(spec.get("y"), dict)}
+    assert "runs/a/plots/diagnostics.csv" in plotted and not any(p.startswith("plots/eval") for p in plotted)
 
 
 def test_ci_runs_the_readme_test_command_as_written():
