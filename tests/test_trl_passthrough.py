@@ -154,7 +154,7 @@ def test_every_project_key_reaches_the_stage(tmp_path: Path, section: str):
             if spec.type["t"] == "section":
                 from llmhalluc.params.schema import FieldSpec
 
-                yield from leaves({k: FieldSpec.from_json(v) for k, v in spec.type["fields"].items()},
+                yield from leaves({k: FieldSpec(**v) for k, v in spec.type["fields"].items()},
                                   (*prefix, name))
             else:
                 yield (*prefix, name), spec

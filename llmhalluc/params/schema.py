@@ -44,13 +44,6 @@ class FieldSpec:
     type: Type
     default: Any
 
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "default": self.default}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FieldSpec:
-        return cls(type=data["type"], default=data["default"])
-
 
 def describe_type(hint: Any, nested_sections: bool = True) -> Type:
     """Translate a typing hint into the schema type language.
@@ -86,7 +79,7 @@ def describe_type(hint: Any, nested_sections: bool = True) -> Type:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return {"t": "choice", "values": [m.value for m in hint]}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint) and nested_sections:
-        return {"t": "section", "fields": {k: v.to_json() for k, v in describe_dataclass(hint).items()}}
+        return {"t": "section", "fields": {k: dataclasses.asdict(v) for k, v in describe_dataclass(hint).items()}}
     return {"t": "opaque", "name": getattr(hint, "__name__", str(hint))}
 
 
@@ -354,16 +347,13 @@ def check_mapping(
 
 def _check_value(field_type: dict, value: Any, key_path: KeyPath, file: ParamsFile, problems: list[str]) -> Any:
     dotted = ".".join(map(str, key_path))
-    if field_type["t"] == "section":
+    if "section" in (field_type["t"], field_type.get("value", {}).get("t")):  # a section, or a mapping of them
         if not isinstance(value, dict):
             problems.append(f"{file.where(key_path)}: {dotted}: expected a mapping, got {type(value).__name__}")
             return None
-        nested = {k: FieldSpec.from_json(v) for k, v in field_type["fields"].items()}
-        return check_mapping(nested, value, key_path, file, problems)
-    if field_type["t"] == "dict" and field_type["value"]["t"] == "section":
-        if not isinstance(value, dict):
-            problems.append(f"{file.where(key_path)}: {dotted}: expected a mapping, got {type(value).__name__}")
-            return None
+        if field_type["t"] == "section":
+            nested = {k: FieldSpec(**v) for k, v in field_type["fields"].items()}
+            return check_mapping(nested, value, key_path, file, problems)
         return {k: _check_value(field_type["value"], v, (*key_path, k), file, problems) for k, v in value.items()}
     try:
         return coerce(field_type, value)

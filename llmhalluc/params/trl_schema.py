@@ -21,6 +21,7 @@ which guards against quoting that is an example rather than a list.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -67,7 +68,7 @@ def trl_schema(section: str) -> dict[str, FieldSpec]:
     if cached is None:
         cached = derive_all()
         write_atomically(path, json.dumps(cached))
-    return {name: FieldSpec.from_json(spec) for name, spec in cached[section].items()}
+    return {name: FieldSpec(**spec) for name, spec in cached[section].items()}
 
 
 def derive_all() -> dict[str, dict[str, Any]]:
@@ -75,7 +76,7 @@ def derive_all() -> dict[str, dict[str, Any]]:
     import trl  # slow: only on a cache miss
 
     return {
-        section: {name: spec.to_json() for name, spec in derive(getattr(trl, cls_name)).items()}
+        section: {name: dataclasses.asdict(spec) for name, spec in derive(getattr(trl, cls_name)).items()}
         for section, cls_name in TRL_CONFIGS.items()
     }
 
