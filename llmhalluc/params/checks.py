@@ -328,23 +328,24 @@ def _missing_paths(section: Section) -> Problems:
     return problems
 
 
-#: A TRL key set to true, whether this machine can honour it, and what to say when it cannot.
-_HARDWARE_KEYS = (
-    ("use_liger_kernel", lambda: hardware.installed("liger_kernel"), "true needs the liger_kernel package, which "
-     "is not installed (pip install -e '.[gpu]' on a GPU machine)"),
-    ("use_vllm", lambda: hardware.vllm_problem() is None, None),
-    ("bf16", hardware.bf16, "true needs a GPU with bfloat16 support and this machine has none; set it to false, or "
-     "leave it out to choose from the hardware"),
-    ("fp16", hardware.cuda, "true needs a CUDA GPU and this machine has none; set it to false or leave it out"),
-    ("tf32", hardware.tf32, "true needs an Ampere or newer GPU; set it to false or leave it out"),
-)
+#: A TRL key set to true -> why this machine cannot honour it, or None (asked only when the key is true).
+_HARDWARE_KEYS: dict[str, Callable[[], str | None]] = {
+    "use_liger_kernel": lambda: None if hardware.installed("liger_kernel") else "true needs the liger_kernel "
+    "package, which is not installed (pip install -e '.[gpu]' on a GPU machine)",
+    "use_vllm": lambda: (problem := hardware.vllm_problem()) and f"true {problem}; leave it out (generation then "
+    "runs in the trainer)",
+    "bf16": lambda: None if hardware.bf16() else "true needs a GPU with bfloat16 support and this machine has none; "
+    "set it to false, or leave it out to choose from the hardware",
+    "fp16": lambda: None if hardware.cuda() else "true needs a CUDA GPU and this machine has none; set it to false "
+    "or leave it out",
+    "tf32": lambda: None if hardware.tf32() else "true needs an Ampere or newer GPU; set it to false or leave it out",
+}
 
 
 def _hardware(section: Section) -> Problems:
     """What the section asks of this machine that it cannot do (llmhalluc.hardware answers; torch only if asked)."""
-    problems = [section.problem(key, message=message or f"true {hardware.vllm_problem()}; leave it out (generation "
-                                "then runs in the trainer)")
-                for key, can, message in _HARDWARE_KEYS if section.trl.get(key) is True and not can()]
+    problems = [section.problem(key, message=refusal) for key, why_not in _HARDWARE_KEYS.items()
+                if section.trl.get(key) is True and (refusal := why_not())]
     if getattr(section.project, "dtype", "auto") == "float16" and section.name in ("sft", "grpo") \
             and not hardware.cuda():
         problems.append(section.problem("dtype", message="float16 training needs a CUDA GPU; use auto or float32 "
