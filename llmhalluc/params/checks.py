@@ -10,6 +10,7 @@ problem reads `file:line: key.path: what is wrong; what would be valid`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -297,15 +298,6 @@ _RULES: dict[str, list[Callable[[Section, Problems], None]]] = {
     "eval": [_eval_models, _eval_backend, _eval_diagnostics],
 }
 
-#: Keys naming an input that must exist before the stage runs: (section, key).
-_INPUT_PATHS = {
-    "sft": ["data_dir", "model_name_or_path"],
-    "grpo": ["data_dir", "model_name_or_path"],
-    "merge": ["model_dir"],
-    "eval": ["data_dir", "models"],
-}
-
-
 def looks_local(value: str) -> bool:
     """A hub id (`org/name`) and a relative folder (`models/sft`) look alike; a folder
     is what exists, is written as a path (./, ../, /, ~), or starts in an existing folder."""
@@ -318,8 +310,9 @@ def looks_local(value: str) -> bool:
 
 
 def _missing_paths(section: Section) -> Problems:
+    """Paths a key declared `read` (sections.param) names that do not exist; hub ids pass."""
     problems = []
-    for key in _INPUT_PATHS.get(section.name, []):
+    for key in (f.name for f in dataclasses.fields(section.project) if f.metadata.get("read")):
         value = getattr(section.project, key)
         for name, path in value.items() if isinstance(value, dict) else [(None, value)]:  # a mapping: name -> path
             keys = (key,) if name is None else (key, name)

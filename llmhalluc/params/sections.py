@@ -25,17 +25,18 @@ DtypeOrAuto = Literal["auto", Dtype]
 
 
 def param(default, help: str, *, at_least: float | None = None, above: float | None = None,
-          at_most: float | None = None, below: float | None = None, check: str | None = None):
+          at_most: float | None = None, below: float | None = None, check: str | None = None, read: bool = False):
     """A dataclass field with its one line of help and what values it takes; mutable defaults go through a
     factory.
 
     The bounds (of a number; the numeric members of a union) and `check` (a name in schema.CHECKS,
     for a string) are part of the field's type: the loader refuses a value outside them with its
-    file:line, as it refuses a wrong type, so no cross-field rule has to repeat them.
+    file:line, as it refuses a wrong type, so no cross-field rule has to repeat them. `read`: the value
+    names a path (or a mapping of them) the stage reads, which a run needs to exist (hub ids excepted).
     """
     bounds = {"low": above if above is not None else at_least, "low_open": above is not None,
               "high": below if below is not None else at_most, "high_open": below is not None}
-    metadata = {"help": help, "bounds": bounds, "check": check}
+    metadata = {"help": help, "bounds": bounds, "check": check, "read": read}
     if isinstance(default, (list, dict)) or hasattr(default, "__dataclass_fields__"):
         factory = default.copy if isinstance(default, (list, dict)) else type(default)
         return field(default_factory=factory, metadata=metadata)
@@ -163,11 +164,11 @@ class SftParams:
     """params.yaml[sft], besides SFTConfig's own fields."""
 
     model_name_or_path: str = param(BUILTIN_TINY, "hub id, local folder, package:<module> (the folder of an "
-                                    "installed Python package), or the built-in tiny model")
+                                    "installed Python package), or the built-in tiny model", read=True)
     gguf_file: str | None = param(None, "a .gguf file in model_name_or_path: dequantized once (needs the gguf "
                                   "package) into a cache folder keyed by the file's sha256")
     tiny_model: TinyModelParams = param(TinyModelParams(), "shape of the built-in model")
-    data_dir: str = param("data/prepared", "prepared data written by the prepare stage")
+    data_dir: str = param("data/prepared", "prepared data written by the prepare stage", read=True)
     model_dir: str = param("models/sft", "where the trained model is written (the stage's out)")
     backtrack: BacktrackTokenParams = param(BacktrackTokenParams(), "the backtrack token")
     mask_errors: bool = param(False, "also keep the error tokens out of the loss")
@@ -227,8 +228,8 @@ ROLLOUT_BIAS_KEY = {False: "sequence_bias", True: "logit_bias"}
 class GrpoParams:
     """params.yaml[grpo], besides GRPOConfig's own fields."""
 
-    model_name_or_path: str = param("models/sft", "the model GRPO starts from (the SFT stage's out)")
-    data_dir: str = param("data/prepared", "prepared data written by the prepare stage")
+    model_name_or_path: str = param("models/sft", "the model GRPO starts from (the SFT stage's out)", read=True)
+    data_dir: str = param("data/prepared", "prepared data written by the prepare stage", read=True)
     model_dir: str = param("models/grpo", "where the trained model is written (the stage's out)")
     reward_funcs: list[str] = param(["accuracy", "format"], "reward functions by registry name")
     rewards: RewardsParams = param(RewardsParams(), "per-reward options, by reward name")
@@ -243,7 +244,7 @@ class GrpoParams:
 class MergeParams:
     """params.yaml[merge]."""
 
-    model_dir: str = param("models/grpo", "the trained model to merge (the GRPO stage's out)")
+    model_dir: str = param("models/grpo", "the trained model to merge (the GRPO stage's out)", read=True)
     out_dir: str = param("models/merged", "the plain HF model folder written (the stage's out)")
     dtype: Dtype = param("float32", "dtype of the saved weights")
 
@@ -282,11 +283,11 @@ class EvalParams:
 
     models: dict[str, str] = param(
         {"sft": "models/sft", "grpo": "models/merged"},
-        "name -> model folder or hub id; each is evaluated and reported under its name",
-    )
+        "name -> model folder or hub id; each is evaluated and reported under its name", read=True)
     include_base: bool = param(False, "also evaluate the base model recorded in base_from's lineage.json, as 'base'")
     base_from: str = param("models/sft", "model folder whose lineage.json records the base model")
-    data_dir: str = param("data/prepared", "prepared data; eval reads only its held-out eval.jsonl and meta.json")
+    data_dir: str = param("data/prepared", "prepared data; eval reads only its held-out eval.jsonl and meta.json",
+                          read=True)
     out_dir: str = param("eval", "per-example predictions of every model (the stage's out)")
     metrics_file: str = param("metrics/eval.json", "summary metrics DVC shows, one block per model")
     plots_dir: str = param("plots/eval", "CSV files behind the eval plots in dvc.yaml")
