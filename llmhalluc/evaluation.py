@@ -131,7 +131,7 @@ def generate_vllm(model_path: str, tokenizer: Any, prompts: Sequence[list[int]],
                   dtype: str) -> list[list[int]]:
     """Completion ids from vLLM (GPU only). vLLM batches by itself; the prompts go in as ids, so the
     chat template is applied exactly once, by the same tokenizer as on the transformers path."""
-    if problem := hardware.vllm_problem():  # the params check said so already; a caller of this function may not
+    if problem := hardware.vllm_problem():  # eval's params check refuses it first; this guards other callers
         raise ParamsError(f"eval.backend: vllm {problem}; use transformers")
     if (Path(model_path) / "adapter_config.json").is_file():
         raise ParamsError(f"eval.models: {model_path} is a LoRA adapter folder; eval.backend: vllm needs a full "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 
 from ruamel.yaml import YAML
@@ -42,9 +44,6 @@ def test_out_paths_in_params_match_dvc_outs():
 
 def test_a_path_set_in_params_moves_the_out_and_every_edge_to_it(tmp_path):
     """`dvc exp run -S sft.model_dir=...` needs no dvc.yaml edit: the out and the stages downstream follow."""
-    import shutil
-    import subprocess
-
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")

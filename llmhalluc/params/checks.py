@@ -204,7 +204,7 @@ def _prepare(section: Section, problems: Problems) -> None:
     if p.arithmetic.min_steps > p.arithmetic.max_steps:
         problems.append(section.problem("arithmetic", "min_steps", message=f"{p.arithmetic.min_steps} exceeds "
                                         f"max_steps {p.arithmetic.max_steps}"))
-    if problem := sentence_problem(p.answer_pattern, p.abstain_answer):  # the sentence SFT trains on reads back
+    if problem := sentence_problem(p.answer_pattern, p.abstain_answer):
         problems.append(section.problem("answer_pattern", message=problem))
 
 
