@@ -17,15 +17,14 @@ os.environ.setdefault("LLMHALLUC_CACHE_DIR", str(ROOT / ".pytest_cache" / "llmha
 
 
 def dvc_yaml(root: Path = ROOT) -> dict:
-    """dvc.yaml as DVC runs it: `${section.key}` resolved from root's params.yaml by DVC's own resolver."""
+    """dvc.yaml's stages and plots as DVC runs them: `${section.key}` resolved from root's params.yaml."""
     from dvc.parsing import DataResolver
     from dvc.repo import Repo
     from ruamel.yaml import YAML
 
     with Repo(str(root)) as repo:
         resolver = DataResolver(repo, str(root), YAML(typ="safe").load((root / "dvc.yaml").read_text()))
-        return {"stages": resolver.resolve()["stages"], "plots": resolver.resolve_plots(),
-                "metrics": resolver.resolve_metrics()}
+        return {"stages": resolver.resolve()["stages"], "plots": resolver.resolve_plots()}
 
 
 @pytest.fixture

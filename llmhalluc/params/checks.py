@@ -137,16 +137,14 @@ def _accelerate_config(section: Section) -> Problems:
 
 
 def _distributed_type(file: str) -> tuple[str, str | None]:
-    """accelerate's distributed_type in a config file ("NO" when unset), and why the file could not be read."""
+    """accelerate's distributed_type in a config file ("NO" when unset or unreadable), and why it could not be read."""
     from ruamel.yaml.error import YAMLError
 
     from llmhalluc.launcher import read_accelerate_config
 
-    if not Path(file).is_file():
-        return "NO", None
     try:
         return str(read_accelerate_config(file).get("distributed_type", "NO")), None
-    except (YAMLError, OSError) as exc:
+    except (YAMLError, OSError) as exc:  # a missing file too: _accelerate_config names that case itself
         return "NO", f"{file} is not valid YAML ({exc})"
 
 
