@@ -96,6 +96,21 @@ def left_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, A
     return input_ids, attention
 
 
+def decoding_options(sampling: Sampling, stops: set[int], pad_id: int) -> dict[str, Any]:
+    """generate()'s keyword arguments for these settings, every decoding knob set.
+
+    Decoding is exactly what the params say: generate() fills every knob left unset from the checkpoint's
+    generation_config (Qwen2.5-Instruct ships repetition_penalty 1.05 and top_k 20), so those are set here.
+    """
+    options: dict[str, Any] = {"do_sample": sampling.do_sample, "max_new_tokens": sampling.max_new_tokens,
+                               "pad_token_id": pad_id, "eos_token_id": sorted(stops), "repetition_penalty": 1.0}
+    if sampling.do_sample:
+        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    else:  # greedy ignores the sampling knobs; left unset they are not even reported as unused
+        options.update(temperature=None, top_p=None, top_k=None)
+    return options
+
+
 def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, batch_size: int,
                           sampling: Sampling) -> list[list[int]]:
     """Completion ids for each prompt (in input order), batch by batch with left padding."""
@@ -103,14 +118,7 @@ def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int
 
     stops = stop_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
-    # Decoding is exactly what the params say: generate() fills every knob left unset from the checkpoint's
-    # generation_config (Qwen2.5-Instruct ships repetition_penalty 1.05 and top_k 20), so those are set here.
-    options: dict[str, Any] = {"do_sample": sampling.do_sample, "max_new_tokens": sampling.max_new_tokens,
-                               "pad_token_id": pad_id, "eos_token_id": sorted(stops), "repetition_penalty": 1.0}
-    if sampling.do_sample:
-        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-    else:  # greedy ignores the sampling knobs; left unset they are not even reported as unused
-        options.update(temperature=None, top_p=None, top_k=None)
+    options = decoding_options(sampling, stops, pad_id)
     # Longest first: similar lengths share a batch (little padding), and an out-of-memory shows at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
