@@ -19,6 +19,8 @@ Layout (keys other stages rely on are marked *)::
               "sha256": "..." (a local folder's files), "gguf": {"file": "...", "sha256": "..."} (a GGUF base)},
      "parent": null | {"path": "models/sft", "lineage": {...}},  *  (what an adapter sits on)
      "data": {"path": "data/prepared/sft.jsonl", "sha256": "..."},
+     "mistakes": {"kind": "plausible", "rate": 0.3, "placement": "example", "per_example": 1,
+                  "check_steps": false},  # train_sft, from prepare's meta.json: eval's probe injects this kind
      "lengths": {"max_completion_tokens": 41, "max_backtracks": 20, ...},  # train_sft: what generation must
                                     # leave room for, and the most backtracks one example carried
      "rollout_backtrack_bias": 0.0, # train_grpo: the backtrack logit bias of its rollouts (never of the model)
@@ -222,6 +224,18 @@ def chain(lineage: dict[str, Any]) -> list[dict[str, Any]]:
         parent = node.get("parent") or {}
         node = parent.get("lineage")
     return out[::-1]
+
+
+def nearest(lineage: dict[str, Any] | None, key: str) -> Any:
+    """The value a lineage records under key, else its nearest ancestor's (GRPO and merge records point at
+    the SFT record as their parent), else None."""
+    node = lineage
+    while node:
+        if node.get(key) is not None:
+            return node[key]
+        parent = node.get("parent")
+        node = parent.get("lineage") if isinstance(parent, dict) else None
+    return None
 
 
 def warn_if_cut(upstream: dict[str, Any] | None, limit: int, key: str, log: Callable[[str], None]) -> bool:

@@ -38,14 +38,18 @@ SEED_KEYS = ("prepare.seed", "sft.seed", "sft.tiny_model.seed", "grpo.seed", "ev
 #: What the report shows by default: the accuracy of each model and the backtracking diagnostics.
 DEFAULT_METRICS = (
     "*.accuracy",
-    "*.probe.detection_auroc",
-    "*.probe.detection_hidden_auroc",
-    "*.probe.detection_surprise_auroc",
-    "*.probe.counting_exact",
-    "*.probe.repair_step",
-    "*.probe.repair_step_resolved",
-    "*.probe.correction_right",
-    "*.probe.false_positive",
+    "*.probe.*.detection_auroc",
+    "*.probe.*.detection_hidden_auroc",
+    "*.probe.*.detection_surprise_auroc",
+    "*.probe.*.check_recomputed",
+    "*.probe.*.counting_exact",
+    "*.probe.*.repair_step",
+    "*.probe.*.repair_step_resolved",
+    "*.probe.*.correction_right",
+    "*.probe.*.false_positive",
+    "*.probe.*.correction_rollback_right",
+    "*.probe.*.false_positive_rollback",
+    "*.rollback.retries_per_problem",
 )
 REPORT_DIR = Path("reports/seeds")
 

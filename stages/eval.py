@@ -1,14 +1,15 @@
 """eval: params.yaml[eval] + the compared models + data/prepared/eval.jsonl
--> eval/predictions/<model>.jsonl, eval/predictions.csv, eval/{probe,samples}/<model>.jsonl,
+-> eval/predictions/<model>.jsonl, eval/predictions.csv, eval/{probe,samples,rollback}/<model>.jsonl,
    metrics/eval.json, plots/eval/.
 
 Every model in eval.models (by default the SFT model and the merged GRPO model)
 answers the same held-out questions with the same decoding, and the metrics are
 written one block per model, so `dvc metrics show` puts sft.accuracy beside
 grpo.accuracy. Each block nests the diagnostics eval.probe / own_errors / sampled
-switch on (sft.probe.detection_auroc, ...); "transitions" compares consecutive
+switch on (sft.probe.plausible.detection_auroc, ...) and the rollback decoder's
+results beside greedy's (sft.rollback.accuracy); "transitions" compares consecutive
 models. Only prepare's held-out eval split is read: eval never runs on training
-data. Metric definitions: llmhalluc/evaluation.py and llmhalluc/diagnostics.py.
+data. Metric definitions: llmhalluc/evaluation.py, llmhalluc/diagnostics and llmhalluc/rollback.py.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ CSV_COLUMNS = ["model", "id", "answerable", "gold", "answer", "outcome", "correc
                "corrected", "answer_unresolved", "length", "resolved", "raw"]
 PLOTTED = ["accuracy", "accuracy_unresolved", "hallucination_rate", "abstention_rate", "backtrack_rate",
            "mean_backtracks"]
-#: diagnostics.csv column -> (block, metric) in a model's metrics; one row per model, for `dvc plots`.
+#: diagnostics.csv column -> (block, metric) in a model's metrics; one row per model, for `dvc plots`. A "probe"
+#: block is the first kind eval.probe.kinds names for that model (the probe_kind column says which).
 DIAGNOSTICS_PLOTTED = {
     "detection_auroc": ("probe", "detection_auroc"), "detection_hidden_auroc": ("probe", "detection_hidden_auroc"),
     "detection_surprise_auroc": ("probe", "detection_surprise_auroc"),
@@ -53,8 +55,11 @@ DIAGNOSTICS_PLOTTED = {
     "repair_step": ("probe", "repair_step"), "repair_step_resolved": ("probe", "repair_step_resolved"),
     "repair_answer": ("probe", "repair_answer"),
     "correction_backtracked": ("probe", "correction_backtracked"), "correction_right": ("probe", "correction_right"),
-    "false_positive": ("probe", "false_positive"), "own_auroc": ("own_errors", "auroc"),
+    "false_positive": ("probe", "false_positive"),
+    "correction_rollback_right": ("probe", "correction_rollback_right"),
+    "false_positive_rollback": ("probe", "false_positive_rollback"), "own_auroc": ("own_errors", "auroc"),
     "own_retracted_wrong": ("own_errors", "retracted_wrong"), "sampled_accuracy": ("sampled", "accuracy"),
+    "rollback_accuracy": ("rollback", "accuracy"),
 }
 
 
@@ -79,7 +84,7 @@ def main(section: Section) -> None:
         predictions[name], diagnoses[name] = _evaluate(p, name, path, records, sampling, answers)
         metrics[name] = {**evaluation.summarize(predictions[name], p.max_new_tokens), **diagnoses[name].metrics}
         histograms[name] = evaluation.backtrack_histogram(predictions[name])
-        for block, values in [("", metrics[name]), *diagnoses[name].metrics.items()]:
+        for block, values in _blocks("", metrics[name]):
             print(f"eval: {name} {block}: " + ", ".join(f"{k} {v}" for k, v in values.items()
                                                          if not isinstance(v, dict)))
     if p.transitions and len(compared) > 1:
@@ -98,13 +103,16 @@ def main(section: Section) -> None:
                 _write_jsonl(staging / "probe" / f"{name}.jsonl", diagnosis.probe_rows)
             if diagnosis.sample_rows:
                 _write_jsonl(staging / "samples" / f"{name}.jsonl", diagnosis.sample_rows)
+            if diagnosis.rollback_rows:
+                _write_jsonl(staging / "rollback" / f"{name}.jsonl", diagnosis.rollback_rows)
         write_resolved({**resolved(section), "compared": compared, "abstain_answer": answers.abstain,
                         "answer_pattern": answers.pattern}, staging)
     with staged_output(p.plots_dir) as staging:
         _write_csv(staging / "models.csv", ["model", *PLOTTED],
                    [[name, *(metrics[name][k] for k in PLOTTED)] for name in compared])
-        _write_csv(staging / "diagnostics.csv", ["model", *DIAGNOSTICS_PLOTTED],
-                   [[name, *(metrics[name].get(block, {}).get(key) for block, key in DIAGNOSTICS_PLOTTED.values())]
+        _write_csv(staging / "diagnostics.csv", ["model", "probe_kind", *DIAGNOSTICS_PLOTTED],
+                   [[name, next(iter(metrics[name].get("probe", {})), None),
+                     *(_plotted(metrics[name], block).get(key) for block, key in DIAGNOSTICS_PLOTTED.values())]
                     for name in compared])
         (staging / "backtracks").mkdir()
         for name, histogram in histograms.items():
@@ -112,10 +120,23 @@ def main(section: Section) -> None:
     write_atomically(p.metrics_file, json.dumps(metrics, indent=2) + "\n")
 
 
+def _blocks(prefix: str, values: dict) -> list[tuple[str, dict]]:
+    """A model's metrics as (block name, flat values) pairs, nested blocks (probe.plausible) spelled out."""
+    nested = [pair for key, value in values.items() if isinstance(value, dict)
+              for pair in _blocks(f"{prefix}.{key}".strip("."), value)]
+    return [(prefix, values), *nested]
+
+
+def _plotted(metrics: dict, block: str) -> dict:
+    """One block of a model's metrics for diagnostics.csv; the probe's is its first kind's."""
+    values = metrics.get(block, {})
+    return next(iter(values.values()), {}) if block == "probe" else values
+
+
 def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Sampling,
               answers: AnswerRules) -> tuple[list[dict], Diagnosis]:
     """One model: its scored greedy answers, then its diagnostics (while it is loaded: one model in memory)."""
-    from llmhalluc import diagnostics, evaluation
+    from llmhalluc import diagnostics, evaluation, rollback
     from llmhalluc.backtrack import retraction_for, unit_of
 
     model, tokenizer = _load(p, path)
@@ -137,7 +158,16 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
     if diagnostics.enabled(p):
         model = model or _load(p, path, transformers=True)[0]
         diagnosis = diagnostics.diagnose(model, tokenizer, records, backtrack_id=backtrack_id, p=p, score=score,
-                                         unit=unit)
+                                         unit=unit, trained=diagnostics.trained_kind(recorded))
+    if p.rollback.enabled and backtrack_id >= 0:  # greedy decoding that acts on a backtrack (llmhalluc.rollback)
+        model = model or _load(p, path, transformers=True)[0]
+        decoded = rollback.generate_rollback(model, tokenizer, [evaluation.prompt_ids(tokenizer, r.prompt)
+                                                                for r in records],
+                                             retraction=retraction, max_new_tokens=p.max_new_tokens,
+                                             max_retries=p.rollback.max_retries, batch_size=p.batch_size)
+        diagnosis.rollback_rows = [{"id": r.id, **score(d.ids, r), "retries": d.retries, "generated": d.generated}
+                                   for r, d in zip(records, decoded, strict=True)]
+        diagnosis.metrics["rollback"] = rollback.summarize(diagnosis.rollback_rows, rows)
     del model
     gc.collect()
     return rows, diagnosis

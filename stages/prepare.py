@@ -1,8 +1,8 @@
 """prepare: params.yaml[prepare] + configs/datasets.yaml -> data/prepared/{sft,grpo,eval}.jsonl + metrics/prepare.json.
 
-Reads top to bottom: registry, sources to canonical records, held-out split,
-backtrack augmentation of SFT, prompts, then one atomic write (a failure leaves
-the previous data/prepared as it was).
+Reads top to bottom: registry, sources to canonical records, held-out split, prompts (and each
+step's check, with prepare.check_steps), backtrack augmentation of SFT, then one atomic write (a
+failure leaves the previous data/prepared as it was).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.records import chat_prompt, write_jsonl, write_meta
 from llmhalluc.datasets.registry import load_registry
 from llmhalluc.datasets.splits import Drops, entry_rng, load_entry, split
+from llmhalluc.datasets.step_check import with_check
 from llmhalluc.outputs import staged_output
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage
@@ -38,14 +39,20 @@ def main(section: Section) -> None:
         records[name] = load_entry(name, registry[name], p, wanted, registry_file, drops)
     sets = split({n: records[n] for n in p.train}, {n: records[n] for n in p.eval}, p)
 
-    add_errors(sets.sft, p.backtrack, entry_rng(p.seed, "sft", "augment"))
     every = {"sft": sets.sft, "grpo": sets.grpo, "eval": sets.eval}
     for rows in every.values():
         for record in rows:
             record.prompt = chat_prompt(record.question, p.system_prompt)
+            if p.check_steps:  # every set: SFT's targets, GRPO's and eval's gold steps (the probe's context)
+                record.steps = [with_check(step) for step in record.steps]
+    add_errors(sets.sft, p.backtrack, entry_rng(p.seed, "sft", "augment"))
 
     stats = _stats(every, drops)
-    meta = {"abstain_answer": p.abstain_answer, "answer_pattern": p.answer_pattern,
+    # What the data teaches about mistakes: train_sft records it in the model's lineage, and eval's probe
+    # injects the kind the model trained on.
+    mistakes = {"kind": p.backtrack.error_kind, "rate": p.backtrack.error_rate, "placement": p.backtrack.placement,
+                "per_example": p.backtrack.errors_per_example, "check_steps": p.check_steps}
+    meta = {"abstain_answer": p.abstain_answer, "answer_pattern": p.answer_pattern, "mistakes": mistakes,
             "sources": {name: registry[name].source.describe() for name in records}}
     with staged_output(p.out_dir) as staging:
         for name, rows in every.items():

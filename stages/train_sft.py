@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import encode_example, retraction_for
-from llmhalluc.datasets.records import jsonl_text, read_answer_rules, read_jsonl
+from llmhalluc.datasets.records import jsonl_text, read_answer_rules, read_jsonl, read_meta
 from llmhalluc.errors import DataError
 from llmhalluc.launcher import is_main_process, print_once
 from llmhalluc.params import Section, resolved, trl_config
@@ -152,6 +152,7 @@ def main(section: Section) -> None:
                 "retraction": {"unit": p.backtrack.unit},  # rewards, eval and the probe resolve by it (unit_of)
                 "vocab_rows": vocab_rows, "lengths": lengths, "end_of_turn": end_of_turn,
                 "base": base, "parent": None, "data": data,
+                "mistakes": read_meta(p.data_dir).get("mistakes"),  # what the data taught: eval's probe reads the kind
                 **({"backtrack_reachability": reachable} if report else {}),
                 **({"own_errors": {**own_summary, "file": OWN_ERRORS_FILE}} if own_summary is not None else {})})
     if base_dir:

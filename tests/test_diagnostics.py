@@ -198,6 +198,8 @@ class Scripted:
             return self.eos
         if self.mode in ("never", "derailed"):
             return target[len(resolved)] if on_track and len(resolved) < len(target) else self.eos
+        if self.mode == "positional":  # writes the gold token of each position, whatever was written before it
+            return target[len(resolved)] if len(resolved) < len(target) else self.eos
         if not on_track or (written and written[-1] == self.bt and len(resolved) not in boundaries):
             return self.bt
         if self.mode == "always" and written and written[-1] != self.bt and 0 < len(resolved) < len(target) \
@@ -210,7 +212,7 @@ class Scripted:
 
         row = torch.zeros(self.vocab)
         row[self.next_id(ids)] = 30.0
-        if self.mode in ("never", "derailed"):
+        if self.mode in ("never", "derailed", "positional"):
             row[self.bt] = float("-inf")
         return row
 
@@ -233,26 +235,27 @@ class Scripted:
         return SimpleNamespace(logits=logits, hidden_states=(hidden,) if output_hidden_states else None)
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample=False,
-                 temperature=None, **_):
+                 temperature=None, logits_processor=(), stopping_criteria=(), **_):
+        """transformers' contract: processors before the choice, pad after a row ends, per-row stopping."""
         import torch
 
         rows = [input_ids[b][attention_mask[b].bool()].tolist() for b in range(input_ids.shape[0])]
-        new = [[] for _ in rows]
-        for b, ids in enumerate(rows):
-            for _ in range(max_new_tokens):
-                logits = self._logits(ids + new[b])
-                if do_sample:
-                    token = int(torch.multinomial((logits / temperature).softmax(-1), 1))
-                else:
-                    token = int(logits.argmax())
-                new[b].append(token)
-                if token in eos_token_id:
-                    break
-        width = max(len(n) for n in new)
-        out = torch.full((len(rows), input_ids.shape[1] + width), pad_token_id, dtype=torch.long)
-        out[:, :input_ids.shape[1]] = input_ids
-        for b, n in enumerate(new):
-            out[b, input_ids.shape[1]:input_ids.shape[1] + len(n)] = torch.tensor(n)
+        out = input_ids.clone()
+        unfinished = torch.ones(len(rows), dtype=torch.bool)
+        for _step in range(max_new_tokens):
+            scores = torch.stack([self._logits(r) for r in rows])
+            for processor in logits_processor:
+                scores = processor(out, scores)
+            chosen = torch.multinomial((scores / temperature).softmax(-1), 1)[:, 0] if do_sample else scores.argmax(-1)
+            chosen = torch.where(unfinished, chosen, torch.tensor(pad_token_id))
+            out = torch.cat([out, chosen[:, None]], dim=1)
+            for b, token in enumerate(chosen.tolist()):
+                rows[b].append(token)
+            unfinished &= ~torch.isin(chosen, torch.tensor(eos_token_id))
+            for criterion in stopping_criteria:
+                unfinished &= ~criterion(out, scores)
+            if not unfinished.any():
+                break
         return out
 
 
@@ -274,13 +277,14 @@ def _diagnose(tokenizer, records, mode: str, **sections) -> diagnostics.Diagnosi
 
 def test_a_model_that_retracts_exactly_its_wrong_steps_scores_full_marks(tokenizer, records):
     diagnosis = _diagnose(tokenizer, records, "perfect")
-    assert diagnosis.metrics["probe"] == {
+    assert diagnosis.metrics["probe"] == {"plausible": {  # the kind it was trained on: plausible by default
         "items": 5,  # 2 + 1 + 2 steps
         "detection_p_wrong": 1.0, "detection_p_right": 0.0, "detection_auroc": 1.0, "detection_surprise_auroc": 1.0,
         "detection_hidden_auroc": 1.0,
         "counting_exact": 1.0, "repair_step": 1.0, "repair_step_resolved": 1.0, "repair_answer": 1.0,
         "correction_backtracked": 1.0, "correction_right": 1.0, "false_positive": 0.0,
-    }
+        "correction_rollback_backtracked": 1.0, "correction_rollback_right": 1.0, "false_positive_rollback": 0.0,
+    }}
     row = diagnosis.probe_rows[0]
     assert (row["id"], row["position"], row["right_step"]) == ("r0", 0, "10 + 20 = 30.")
     assert row["wrong_step"] != row["right_step"] and check_step(row["wrong_step"]) is False
@@ -291,7 +295,7 @@ def test_a_model_that_retracts_exactly_its_wrong_steps_scores_full_marks(tokeniz
 
 
 def test_a_model_that_never_backtracks(tokenizer, records):
-    probe = _diagnose(tokenizer, records, "never").metrics["probe"]
+    probe = _diagnose(tokenizer, records, "never").metrics["probe"]["plausible"]
     assert (probe["detection_p_wrong"], probe["detection_p_right"], probe["detection_auroc"]) == (0.0, 0.0, 0.5)
     # ... yet it knows: it ends after a wrong step and goes on after a right one, and its state says so
     assert probe["detection_hidden_auroc"] == 1.0
@@ -307,21 +311,70 @@ def test_repair_from_the_resolved_context_tells_a_derailed_model_from_one_that_c
     """A model that writes every step right from a clean context, but stops once a backtrack is in its context."""
     derailed = _diagnose(tokenizer, records, "derailed", sampled=SampledParams(enabled=False),
                          own_errors=OwnErrorsParams(enabled=False))
-    assert derailed.metrics["probe"]["repair_step"] == 0.0
-    assert derailed.metrics["probe"]["repair_step_resolved"] == 1.0
+    assert derailed.metrics["probe"]["plausible"]["repair_step"] == 0.0
+    assert derailed.metrics["probe"]["plausible"]["repair_step_resolved"] == 1.0
     assert all(row["right_step"] in row["continuation_resolved"] and BT not in row["continuation_resolved"]
                for row in derailed.probe_rows)
     never = _diagnose(tokenizer, records, "never", sampled=SampledParams(enabled=False),
-                      own_errors=OwnErrorsParams(enabled=False)).metrics["probe"]
+                      own_errors=OwnErrorsParams(enabled=False)).metrics["probe"]["plausible"]
     assert never["repair_step"] == never["repair_step_resolved"] == 1.0
 
 
 def test_a_model_that_always_backtracks_has_only_false_positives(tokenizer, records):
     probe = _diagnose(tokenizer, records, "always", sampled=SampledParams(enabled=False),
-                      own_errors=OwnErrorsParams(enabled=False)).metrics["probe"]
+                      own_errors=OwnErrorsParams(enabled=False)).metrics["probe"]["plausible"]
     assert probe["detection_auroc"] == 0.5  # the same P(backtrack) after right and wrong steps
     assert probe["detection_hidden_auroc"] == 0.5  # and the same state: it does not know either
     assert probe["false_positive"] == 1.0 and probe["correction_backtracked"] == 1.0
+
+
+def test_the_probe_injects_each_kind_asked_for_and_reports_it_apart(tokenizer, records):
+    from llmhalluc.diagnostics import probe_kinds
+
+    asked = ProbeParams(problems=3, kinds=["trained", "random", "lookup", "plausible"])
+    diagnosis = _diagnose(tokenizer, records, "perfect", probe=asked, sampled=SampledParams(enabled=False),
+                          own_errors=OwnErrorsParams(enabled=False))
+    assert list(diagnosis.metrics["probe"]) == ["plausible", "random", "lookup"]  # trained = plausible: once
+    by_kind = {kind: [r for r in diagnosis.probe_rows if r["kind"] == kind] for kind in ("plausible", "random",
+                                                                                         "lookup")}
+    assert all(check_step(r["wrong_step"]) is False for r in by_kind["plausible"])  # a wrong result
+    assert all(check_step(r["wrong_step"]) is True for r in by_kind["lookup"])  # a wrong operand, consistent
+    assert all(check_step(r["wrong_step"]) is None for r in by_kind["random"])  # no step at all
+    for kind, block in diagnosis.metrics["probe"].items():
+        assert block["detection_auroc"] == 1.0 and block["correction_rollback_right"] == 1.0, kind
+    assert probe_kinds(["trained", "random"], "random") == ["random"]
+
+
+def test_a_model_trained_on_one_kind_is_probed_with_it():
+    from llmhalluc.diagnostics import trained_kind
+
+    sft = {"mistakes": {"kind": "lookup", "rate": 0.3}}
+    assert trained_kind(sft) == "lookup"
+    assert trained_kind({"parent": {"path": "models/sft", "lineage": sft}}) == "lookup"  # merged: from its parent
+    assert trained_kind(None) == trained_kind({"stage": "train_sft"}) == "plausible"  # no record: the default
+
+
+def test_the_check_diagnostic_tells_a_model_that_recomputes_from_one_that_does_not(tokenizer):
+    """Checked steps: after a wrong result, does greedy write the check's right value (recompute) or not?"""
+    from llmhalluc.datasets.step_check import with_check
+
+    checked = [Record(id=f"c{i}", question=q, steps=[with_check(step) for step in s], answer=a,
+                      prompt=chat_prompt(q, "Solve the problem."))
+               for i, (q, s, a) in enumerate(RECORDS)]
+    items = diagnostics.probe_items(tokenizer, checked, backtrack_id=tokenizer.convert_tokens_to_ids(BT), seed=0,
+                                    unit="token")
+    for item in items:  # the check's value, found in the ids, is the value the text shows
+        start, stop = item.check_value
+        assert tokenizer.decode(item.wrong[start:stop]).strip() == item.right_step.split("= ")[-1].rstrip(").")
+    params = {"sampled": SampledParams(enabled=False), "own_errors": OwnErrorsParams(enabled=False)}
+    recomputes = _diagnose(tokenizer, checked, "positional", **params).metrics["probe"]["plausible"]
+    assert recomputes["check_recomputed"] == 1.0
+    stops = _diagnose(tokenizer, checked, "never", **params).metrics["probe"]["plausible"]
+    assert stops["check_recomputed"] == 0.0
+    plain = _diagnose(tokenizer, [Record(id="p", question=RECORDS[1][0], steps=RECORDS[1][1], answer=RECORDS[1][2],
+                                         prompt=chat_prompt(RECORDS[1][0], "Solve the problem."))],
+                      "never", **params).metrics["probe"]["plausible"]
+    assert "check_recomputed" not in plain  # no check, no reading
 
 
 def test_own_errors_on_a_model_that_errs_then_retracts(tokenizer, records):

@@ -132,12 +132,18 @@ def test_plot_files_behind_dvc_plots(first_run: Path):
 def test_diagnostics_are_on_by_default_per_model_and_between_models(first_run: Path):
     metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
     for name in ("sft", "grpo"):
-        probe, own, sampled = metrics[name]["probe"], metrics[name]["own_errors"], metrics[name]["sampled"]
+        assert list(metrics[name]["probe"]) == ["plausible"]  # the kind the model trained on (its lineage)
+        probe, own, sampled = metrics[name]["probe"]["plausible"], metrics[name]["own_errors"], metrics[name]["sampled"]
         assert probe["items"] == 6  # every step of the five problems with steps; the unanswerable one has none
         for key in ("detection_p_wrong", "detection_p_right", "detection_auroc", "detection_hidden_auroc",
                     "detection_surprise_auroc", "counting_exact", "repair_step", "repair_answer",
-                    "correction_backtracked", "correction_right", "false_positive"):
+                    "correction_backtracked", "correction_right", "false_positive", "correction_rollback_right",
+                    "false_positive_rollback"):
             assert 0.0 <= probe[key] <= 1.0, key
+        rollback = metrics[name]["rollback"]  # the rollback decoder beside greedy, on the same problems
+        rolled = [json.loads(line) for line in (first_run / "eval" / "rollback" / f"{name}.jsonl").open()]
+        assert len(rolled) == 6 and rollback["accuracy"] == round(sum(r["correct"] for r in rolled) / 6, 6)
+        assert rollback["retries_per_problem"] <= 4 and rollback["tokens_per_problem"] > 0
         assert own["samples"] == 24 and own["steps_checked"] >= own["steps_wrong"] >= 0
         assert sampled["samples"] == 24 and sampled["problems"] == 6  # 4 samples of each of the 6 problems
         assert {"accuracy", "pass@1", "pass@4", "maj@1", "maj@4", "corrected", "broken"} <= set(sampled)
@@ -153,8 +159,8 @@ def test_diagnostics_are_on_by_default_per_model_and_between_models(first_run: P
     assert flips["right_to_wrong"] == sum(sft[i] and not grpo[i] for i in sft)
     with (first_run / "plots" / "eval" / "diagnostics.csv").open() as handle:
         table = list(csv.DictReader(handle))
-    assert [r["model"] for r in table] == ["sft", "grpo"]
-    assert float(table[0]["detection_auroc"]) == metrics["sft"]["probe"]["detection_auroc"]
+    assert [r["model"] for r in table] == ["sft", "grpo"] and table[0]["probe_kind"] == "plausible"
+    assert float(table[0]["detection_auroc"]) == metrics["sft"]["probe"]["plausible"]["detection_auroc"]
 
 
 def test_diagnostics_switch_off(workspace: Path, tmp_path: Path):
@@ -163,7 +169,7 @@ def test_diagnostics_switch_off(workspace: Path, tmp_path: Path):
     text = eval_params((ROOT / "params.yaml").read_text())
     yaml = YAML()
     data = yaml.load(text)
-    for key in ("probe", "own_errors", "sampled"):
+    for key in ("probe", "own_errors", "sampled", "rollback"):
         data["eval"][key]["enabled"] = False
     data["eval"]["transitions"] = False
     out = io.StringIO()
@@ -173,8 +179,8 @@ def test_diagnostics_switch_off(workspace: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
     assert list(metrics) == ["sft", "grpo"]
-    assert not {"probe", "own_errors", "sampled"} & set(metrics["sft"])
-    assert not (tmp_path / "eval" / "probe").exists()
+    assert not {"probe", "own_errors", "sampled", "rollback"} & set(metrics["sft"])
+    assert not (tmp_path / "eval" / "probe").exists() and not (tmp_path / "eval" / "rollback").exists()
 
 
 def test_same_params_same_results(first_run: Path):
@@ -292,7 +298,7 @@ def test_dvc_eval_stage_tracks_every_model_it_reads_and_declares_its_plots():
         ys = spec.get("y")
         plotted |= set(ys) if isinstance(ys, dict) else {plot_id}
     assert {f"{p.plots_dir}/models.csv", f"{p.plots_dir}/backtracks", f"{p.plots_dir}/diagnostics.csv"} <= plotted
-    assert "llmhalluc/diagnostics.py" in stage["deps"]
+    assert "llmhalluc/diagnostics" in stage["deps"]
 
 
 def test_params_file_spells_out_the_default_answer_pattern():

@@ -17,6 +17,8 @@ from llmhalluc.backtrack import UNITS, Retraction, encode_example, render_error,
 from llmhalluc.datasets import arithmetic
 from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.converters import CONVERTERS, Context
+from llmhalluc.datasets.mistakes import KINDS
+from llmhalluc.datasets.step_check import has_check, with_check
 from llmhalluc.diagnostics import probe_item
 from llmhalluc.errors import DataError
 from llmhalluc.params.sections import ArithmeticParams, BacktrackAugmentParams, BacktrackRewardOptions, RewardsParams
@@ -93,19 +95,29 @@ def _gsm8k_records() -> list:
     return [CONVERTERS["gsm8k"](json.loads(line), i, ctx) for i, line in enumerate(lines)]
 
 
-@pytest.mark.parametrize("kind", ["plausible", "random"])
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "check_steps"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("source", ["arithmetic", "gsm8k"])
-@pytest.mark.parametrize("unit", ["step", "retry"])
+@pytest.mark.parametrize("unit", UNITS)
 @pytest.mark.parametrize("name", ["tiny byte-level BPE", "SmolLM2"])
-def test_resolve_render_is_clean_on_prepared_records(tokenizers, name: str, unit: str, source: str, kind: str):
+def test_resolve_render_is_clean_on_prepared_records(tokenizers, name: str, unit: str, source: str, kind: str,
+                                                     checked: bool):
+    """Every kind of wrong step, with and without the step's check, round-trips through encode and resolve."""
     records = _arithmetic_records() if source == "arithmetic" else _gsm8k_records()
+    if checked:
+        for record in records:
+            record.steps = [with_check(step) for step in record.steps]
     add_errors(records, BacktrackAugmentParams(error_rate=1.0, errors_per_example=2, error_kind=kind),
                random.Random(0))
+    tokenizer = tokenizers[name]
     for record in records:
-        augmented, clean, retraction = _render(tokenizers[name], unit, record.steps, record.answer_sentence(),
+        augmented, clean, retraction = _render(tokenizer, unit, record.steps, record.answer_sentence(),
                                                [(e.step, e.text) for e in record.errors])
         assert retraction.resolve(augmented) == clean, record.id
-        assert augmented.count(retraction.backtrack_id) == 2
+        wrong = [tokenizer.encode((" " if e.step else "") + e.text, add_special_tokens=False) for e in record.errors]
+        assert augmented.count(retraction.backtrack_id) == (sum(map(len, wrong)) if unit == "token" else 2)
+    if checked and source == "arithmetic":
+        assert all(has_check(e.text) for r in records for e in r.errors if e.step < len(r.steps)) or kind == "random"
 
 
 @pytest.mark.parametrize("name", ["tiny byte-level BPE", "SmolLM2"])

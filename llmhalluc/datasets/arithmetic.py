@@ -60,6 +60,16 @@ def check_chain(steps: list[str], answer: str) -> str | None:
     return None
 
 
+def equations(step: str) -> list[re.Match]:
+    """The `a op b = c` calculations of a step, leaving out the tail of a longer expression ("2 + 3 + 4 = 9")."""
+    found = []
+    for match in _EQUATION.finditer(step):
+        before = step[: match.start()].rstrip()
+        if not before.endswith(("+", "-", "*", "/", "×", "x", "(", "=")):
+            found.append(match)
+    return found
+
+
 def check_step(step: str) -> bool | None:
     """Whether a solution step's arithmetic is right: True when every `a op b = c` in it holds, False when
     one does not, None when it has none to recompute (a sentence, the answer sentence, a longer expression).
@@ -67,12 +77,7 @@ def check_step(step: str) -> bool | None:
     Only the arithmetic inside the step is checked, not whether it follows from the step before: eval's
     own-error diagnostic asks whether a model notices a calculation it got wrong.
     """
-    verdicts = []
-    for match in _EQUATION.finditer(step):
-        before = step[: match.start()].rstrip()
-        if before.endswith(("+", "-", "*", "/", "×", "x", "(", "=")):  # part of a longer expression: not `a op b`
-            continue
-        verdicts.append(_holds(match[1], match[2], match[3], match[4]))
+    verdicts = [_holds(m[1], m[2], m[3], m[4]) for m in equations(step)]
     return all(verdicts) if verdicts else None
 
 
@@ -80,23 +85,46 @@ def _number(text: str) -> Decimal:
     return Decimal(text.replace("$", "").replace(",", ""))
 
 
+def calculate(left: str, op: str, right: str) -> Decimal:
+    """a op b from the numbers as written ($ and thousands commas allowed); InvalidOperation or
+    ZeroDivisionError when they are not numbers or b is 0 under "/"."""
+    a, b = _number(left), _number(right)
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op in "*×x":
+        return a * b
+    if b == 0:
+        raise ZeroDivisionError(f"{left} / {right}")
+    return a / b
+
+
+def _places(written: str) -> int:
+    exponent = _number(written).as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def format_like(value: Decimal, written: str) -> str:
+    """value written as `written` writes its number: the same decimal places (a quotient rounded to them,
+    or to 2 where the written number has none and the value is not whole), its $ sign and thousands commas."""
+    places = _places(written)
+    if not places and value != value.to_integral_value():
+        places = 2
+    text = f"{value.quantize(Decimal(1).scaleb(-places)):,f}" if "," in written else \
+        f"{value.quantize(Decimal(1).scaleb(-places)):f}"
+    if "$" in written:
+        text = text.replace("-", "-$") if text.startswith("-") else "$" + text
+    return text
+
+
 def _holds(left: str, op: str, right: str, result: str) -> bool:
     """a op b == c, with a rounded quotient accepted at c's own precision (GSM8K writes 10/3 = 3.33)."""
     try:
-        a, b, c = _number(left), _number(right), _number(result)
-    except InvalidOperation:
+        value, c = calculate(left, op, right), _number(result)
+    except (InvalidOperation, ZeroDivisionError):
         return False
-    if op == "+":
-        value = a + b
-    elif op == "-":
-        value = a - b
-    elif op in "*×x":
-        value = a * b
-    elif b == 0:
-        return False
-    else:
-        value = a / b
     if value == c:
         return True
-    places = -c.as_tuple().exponent if isinstance(c.as_tuple().exponent, int) else 0
+    places = _places(result)
     return op == "/" and places > 0 and value.quantize(Decimal(1).scaleb(-places)) == c

@@ -1,76 +1,59 @@
-"""Backtrack augmentation: where an SFT solution gets a mistake, and what the mistake says.
+"""Backtrack augmentation: where an SFT solution gets a mistake, and which kind (llmhalluc.datasets.mistakes).
 
 Only the place (a step boundary) and the text are decided here. Turning them
-into ids -- error ids, then exactly as many backtrack ids, then the correct
+into ids -- error ids, then the backtracks that retract them, then the correct
 continuation -- happens in train_sft, where the model's tokenizer is known
 (llmhalluc.backtrack.encode_example), so the count is exact for any tokenizer.
 
-A *plausible* error is the step that belongs there with one number nudged
-(a near miss: "3 + 4 = 8."), or, for a step without numbers, the same step
-of another problem of the set (a fluent but wrong continuation). A *random*
-error is a short run of random characters.
+Placement (`prepare.backtrack.placement`):
+
+- ``example``: a share `error_rate` of the examples gets `errors_per_example` errors, each at a
+  boundary drawn uniformly. An example that has retracted once never does again, so the model
+  can learn "one retraction per solution" instead of reading the step.
+- ``boundary``: every boundary (before each step and before the answer sentence) gets an
+  error with probability `error_rate`, independently: where an error goes, and whether one
+  already went, carries no information; examples without any error stay in the data.
+
+A kind that cannot make its mistake at a boundary falls back: a plausible or lookup error
+on a step without numbers borrows the same step of another problem (a fluent but wrong
+continuation), else random characters.
 """
 
 from __future__ import annotations
 
 import random
-import re
 
+from llmhalluc.datasets.mistakes import random_characters, wrong_step
 from llmhalluc.datasets.records import Error, Record
 from llmhalluc.params.sections import BacktrackAugmentParams
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_RANDOM_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789+-=*/ "
-
 
 def add_errors(records: list[Record], params: BacktrackAugmentParams, rng: random.Random) -> None:
-    """Give each record, with probability error_rate, errors_per_example errors at step boundaries (in place).
-
-    A boundary is before any step or before the answer sentence; with
-    error_rate 0 the records are left exactly as they were (the baseline).
-    """
+    """Give the records their errors by the placement rule (in place); with error_rate 0 they are left
+    exactly as they were (the baseline)."""
     for record in records:
-        if rng.random() >= params.error_rate:
-            continue
         segments = record.segments()
-        for _ in range(params.errors_per_example):
-            index = rng.randrange(len(segments))
+        if params.placement == "boundary":
+            places = [index for index in range(len(segments)) if rng.random() < params.error_rate]
+        elif rng.random() < params.error_rate:
+            places = [rng.randrange(len(segments)) for _ in range(params.errors_per_example)]
+        else:
+            continue
+        for index in places:
             record.errors.append(Error(step=index, text=_wrong(segments, index, params.error_kind, records, rng)))
         record.errors.sort(key=lambda e: e.step)
 
 
 def _wrong(segments: list[str], index: int, kind: str, records: list[Record], rng: random.Random) -> str:
     correct = segments[index]
-    if kind == "plausible":
-        nudged = nudge_number(correct, rng)
-        if nudged is not None:
-            return nudged
+    made = wrong_step(kind, correct, rng)
+    if made is not None:
+        return made
+    if kind != "random":
         borrowed = _borrow(correct, index, len(segments), records, rng)
         if borrowed is not None:
             return borrowed
-    while True:
-        text = "".join(rng.choice(_RANDOM_ALPHABET) for _ in range(rng.randint(3, 8))).strip()
-        if text and text != correct:
-            return text
-
-
-def nudge_number(text: str, rng: random.Random) -> str | None:
-    """text with its last number changed to a near miss, or None when it has no number."""
-    matches = list(_NUMBER.finditer(text))
-    if not matches:
-        return None
-    match = matches[-1]
-    number = match.group()
-    if "." in number:
-        whole, frac = number.split(".")
-        digit = (int(frac[-1]) + rng.choice([1, 2, 3, 7, 8, 9])) % 10
-        wrong = f"{whole}.{frac[:-1]}{digit}"
-    else:
-        value = int(number)
-        spread = max(2, abs(value) // 10)
-        delta = rng.choice([d for d in range(-spread, spread + 1) if d and (value < 0 or value + d >= 0)])
-        wrong = str(value + delta)
-    return text[: match.start()] + wrong + text[match.end() :]
+    return random_characters(correct, rng)
 
 
 def _borrow(correct: str, index: int, count: int, records: list[Record], rng: random.Random) -> str | None:

@@ -122,17 +122,24 @@ def write_meta(folder: Path, meta: dict) -> None:
     (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def read_answer_rules(data_dir: str | Path) -> AnswerRules:
-    """The answer pattern and abstain phrase prepare recorded (the defaults where the file predates them)."""
+def read_meta(data_dir: str | Path) -> dict:
+    """meta.json of a prepared folder ({} where the folder predates it)."""
     meta_file = Path(data_dir) / META_FILE
     if not meta_file.is_file():
-        return AnswerRules()
+        return {}
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"{meta_file}: not valid JSON ({exc}); re-run `dvc repro prepare`") from exc
     if not isinstance(meta, dict):
         raise DataError(f"{meta_file}: expected a JSON object; re-run `dvc repro prepare`")
+    return meta
+
+
+def read_answer_rules(data_dir: str | Path) -> AnswerRules:
+    """The answer pattern and abstain phrase prepare recorded (the defaults where the file predates them)."""
+    meta_file = Path(data_dir) / META_FILE
+    meta = read_meta(data_dir)
     rules = AnswerRules(pattern=meta.get("answer_pattern", DEFAULT_PATTERN),
                         abstain=meta.get("abstain_answer", DEFAULT_ABSTAIN))
     if not isinstance(rules.abstain, str) or not rules.abstain.strip():

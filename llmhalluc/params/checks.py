@@ -204,6 +204,10 @@ def _prepare(section: Section, problems: Problems) -> None:
                                         f"max_steps {p.arithmetic.max_steps}"))
     if problem := sentence_problem(p.answer_pattern, p.abstain_answer):
         problems.append(section.problem("answer_pattern", message=problem))
+    if p.backtrack.placement == "boundary" and p.backtrack.errors_per_example != 1:
+        problems.append(section.problem("backtrack", "errors_per_example", message=f"{p.backtrack.errors_per_example}"
+                                        " applies to placement: example; with placement: boundary each boundary gets "
+                                        "at most one error (with probability error_rate): set it to 1"))
 
 
 def _prepare_datasets(section: Section, problems: Problems) -> None:
@@ -256,6 +260,9 @@ def _eval_diagnostics(section: Section, problems: Problems) -> None:
         if not 1 <= k <= p.sampled.n:
             problems.append(section.problem("sampled", "k", index, index=False, message=f"each k must be in "
                                             f"1..eval.sampled.n ({p.sampled.n}), got {k}"))
+    if not p.probe.kinds:
+        problems.append(section.problem("probe", "kinds", message="name at least one kind (trained, plausible, "
+                                        "lookup, random)"))
     if p.probe.positions != "all" and not p.probe.positions:
         problems.append(section.problem("probe", "positions", message="name at least one step index (0 is the "
                                         "first step, -1 the last), or write all"))

@@ -18,6 +18,11 @@ BUILTIN_TINY = "builtin:tiny-qwen2"
 #: model_name_or_path prefix naming an installed Python package whose folder holds the model files.
 PACKAGE_PREFIX = "package:"
 
+#: The kinds of wrong step (llmhalluc.datasets.mistakes registers one maker per name; a test keeps the two equal).
+ErrorKind = Literal["plausible", "lookup", "random"]
+#: What eval's probe injects: a kind, or the kind the model was trained on (its lineage).
+ProbeKind = Literal["trained", "plausible", "lookup", "random"]
+
 #: Weight dtypes a stage can load or save, by torch's names (models maps them to torch dtypes).
 Dtype = Literal["float32", "bfloat16", "float16"]
 #: The same, or auto: bf16 on a capable GPU, else float32.
@@ -68,8 +73,13 @@ class BacktrackAugmentParams:
 
     error_rate: float = param(0.0, "share of SFT examples that get an error and its backtracks (0 = error-free)",
                               at_least=0, at_most=1)
-    errors_per_example: int = param(1, "errors inserted into an augmented example", at_least=1)
-    error_kind: Literal["plausible", "random"] = param("plausible", "near-miss numbers, or random tokens")
+    errors_per_example: int = param(1, "errors inserted into an augmented example (placement: example)",
+                                    at_least=1)
+    error_kind: ErrorKind = param("plausible", "plausible (a near-miss result) | lookup (a wrong operand, consistent "
+                                  "arithmetic) | random (random characters: the positive control)")
+    placement: Literal["example", "boundary"] = param(
+        "example", "example: error_rate of the examples get errors | boundary: every step boundary gets one with "
+        "probability error_rate, independently")
 
 
 @dataclass
@@ -89,6 +99,8 @@ class PrepareParams:
                                                  "dropped and counted in the stats")
     arithmetic: ArithmeticParams = param(ArithmeticParams(), "options of the built-in arithmetic generator")
     backtrack: BacktrackAugmentParams = param(BacktrackAugmentParams(), "backtrack augmentation of SFT data")
+    check_steps: bool = param(False, "every step of every set ends with its own recomputation, right or wrong: "
+                              "'7 + 3 = 11 (check: 7 + 3 = 10).' (llmhalluc.datasets.step_check)")
     system_prompt: str = param("Solve the problem step by step.", "system message shared by SFT, GRPO and eval")
 
 
@@ -258,6 +270,18 @@ class ProbeParams:
     positions: list[int] | Literal["all"] = param(
         "all", "step indexes where the error replaces the gold step (negative: from the end), or all steps"
     )
+    kinds: list[ProbeKind] = param(["trained"], "kinds of wrong step injected, each reported as probe.<kind>: "
+                                   "trained (the model's, from its lineage) | plausible | lookup | random")
+
+
+@dataclass
+class RollbackParams:
+    """eval.rollback: a decoder that acts on a backtrack (llmhalluc.rollback), beside plain greedy decoding."""
+
+    enabled: bool = param(True, "also decode with rollback: the retracted tokens leave the context and the "
+                          "retracted continuation is excluded at that point")
+    max_retries: int = param(4, "rollbacks allowed per completion; after them the backtrack token is not emitted",
+                             at_least=1)
 
 
 @dataclass
@@ -302,6 +326,7 @@ class EvalParams:
     probe: ProbeParams = param(ProbeParams(), "the injected-error probe (teacher-forced, on gold solutions)")
     own_errors: OwnErrorsParams = param(OwnErrorsParams(), "P(backtrack) after the model's own wrong vs right steps")
     sampled: SampledParams = param(SampledParams(), "sampled eval: accuracy, pass@k, maj@k")
+    rollback: RollbackParams = param(RollbackParams(), "greedy decoding that rolls back on a backtrack")
     transitions: bool = param(True, "count wrong->right and right->wrong between consecutive models of eval.models")
 
 
