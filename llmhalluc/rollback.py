@@ -72,18 +72,31 @@ class _Row:
 
 def generate_rollback(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, retraction: Retraction,
                       max_new_tokens: int, max_retries: int, batch_size: int,
-                      prefixes: Sequence[list[int]] | None = None) -> list[Decoded]:
+                      prefixes: Sequence[list[int]] | None = None,
+                      greedy: Sequence[list[int]] | None = None) -> list[Decoded]:
     """Rollback completions of each prompt (in input order), greedy, batch by batch with left padding.
 
     prefixes: assistant tokens already written after each prompt (the probe's gold context and injected
     step), which a backtrack may retract. The context never grows more than max_new_tokens past its
     prefix (what plain decoding generates at most); with the retries bounded, so is the work.
+
+    greedy: plain greedy completions of the same prompts (and prefixes) with the same max_new_tokens,
+    as eval has already made them. Up to the token after its first run of backtracks a rollback
+    completion *is* the greedy one, so that part is read from them instead of generated again: a
+    completion without a backtrack costs nothing more, and only the ones that backtracked decode on.
+    (A greedy completion that ends inside its run of backtracks at the budget is decoded again: the
+    rollback decoder lets a run finish.)
     """
     prefixes = prefixes or [[] for _ in prompts]
     rows = [_Row(prompt=list(p), kept=list(f), trajectory=list(f), limit=len(f) + max_new_tokens)
             for p, f in zip(prompts, prefixes, strict=True)]
     stops = stop_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    if greedy is not None:
+        rolled = [(row, excluded) for row, new in zip(rows, greedy, strict=True)
+                  if not (new and new[-1] == retraction.backtrack_id and len(new) >= max_new_tokens)
+                  and (excluded := _apply(row, list(new), retraction, stops)) is not None]
+        _exclude(model, rolled, pad_id, batch_size)
     while pending := [i for i, r in enumerate(rows) if not r.done]:
         # Longest first, as generate_transformers batches: the first round is exactly its batches.
         pending.sort(key=lambda i: -len(rows[i].prompt) - len(rows[i].kept))

@@ -161,10 +161,12 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
                                          unit=unit, trained=diagnostics.trained_kind(recorded))
     if p.rollback.enabled and backtrack_id >= 0:  # greedy decoding that acts on a backtrack (llmhalluc.rollback)
         model = model or _load(p, path, transformers=True)[0]
+        reusable = p.backend == "transformers" and not p.do_sample  # greedy's completions are its first round
         decoded = rollback.generate_rollback(model, tokenizer, [evaluation.prompt_ids(tokenizer, r.prompt)
                                                                 for r in records],
                                              retraction=retraction, max_new_tokens=p.max_new_tokens,
-                                             max_retries=p.rollback.max_retries, batch_size=p.batch_size)
+                                             max_retries=p.rollback.max_retries, batch_size=p.batch_size,
+                                             greedy=completions if reusable else None)
         diagnosis.rollback_rows = [{"id": r.id, **score(d.ids, r), "retries": d.retries, "generated": d.generated}
                                    for r, d in zip(records, decoded, strict=True)]
         diagnosis.metrics["rollback"] = rollback.summarize(diagnosis.rollback_rows, rows)

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llmhalluc import evaluation
@@ -131,12 +133,13 @@ def errs_once_then_retracts(written: list[int]) -> dict[int, float]:
     return {nxt: 30.0}
 
 
-def decode(model, prompts=None, *, unit="token", max_new_tokens=40, max_retries=3, prefixes=None, batch_size=2):
+def decode(model, prompts=None, *, unit="token", max_new_tokens=40, max_retries=3, prefixes=None, batch_size=2,
+           greedy=None):
     tokenizer = Tokenizer()
     retraction = Retraction(unit, BT, tokenizer.decode)
     return generate_rollback(model, tokenizer, prompts or [PROMPT], retraction=retraction,
                              max_new_tokens=max_new_tokens, max_retries=max_retries, batch_size=batch_size,
-                             prefixes=prefixes)
+                             prefixes=prefixes, greedy=greedy)
 
 
 def test_a_rollback_removes_exactly_the_retracted_tokens_and_never_repeats_the_excluded_continuation():
@@ -218,3 +221,19 @@ def test_rollback_on_a_real_tiny_transformer_that_never_backtracks_equals_greedy
                                max_retries=2, batch_size=2)
     assert bt not in {t for g in greedy for t in g}
     assert [r.ids for r in rolled] == greedy
+
+
+@pytest.mark.parametrize("rule", [errs_once_then_retracts, lambda written: {follow(RIGHT + ANSWER)(written): 30.0}],
+                         ids=["backtracks", "never"])
+def test_greedy_completions_given_as_the_first_round_change_nothing_but_the_work(rule):
+    prompts = [PROMPT, PROMPT]
+    model = Scripted(rule)
+    greedy = evaluation.generate_transformers(model, Tokenizer(), prompts, batch_size=2,
+                                              sampling=evaluation.Sampling(max_new_tokens=40))
+    calls = len(model.contexts)
+    reused = decode(model, prompts, greedy=greedy)
+    generated_again = len(model.contexts) - calls
+    plain = decode(Scripted(rule), prompts)
+    assert [(r.ids, r.retries, r.generated) for r in reused] == [(r.ids, r.retries, r.generated) for r in plain]
+    # the first round was read, not generated: only completions that backtracked decode on
+    assert generated_again == (2 if rule is errs_once_then_retracts else 0)

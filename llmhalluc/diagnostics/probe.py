@@ -198,9 +198,11 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
                                                  repair + correction + false_positive + resolved_prefix,
                                                  batch_size=batch_size, sampling=sampling)
     n = len(items)
+    # Under the rollback decoder, from the same two prefixes; the greedy continuations above are its first round.
     rolled = rollback.decode(model, tokenizer, [i.prompt for i in items] * 2,
                              [i.context + i.wrong for i in items] + [i.context + i.right for i in items],
-                             max_new_tokens=max_new_tokens, batch_size=batch_size) if rollback else None
+                             max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             greedy=generated[n:3 * n]) if rollback else None
     rows = []
     for index, item in enumerate(items):
         chain = [argmax for _, argmax in wrong_stats[index]]
@@ -259,12 +261,12 @@ class Rollback:
     max_retries: int
 
     def decode(self, model: Any, tokenizer: Any, prompts: list[list[int]], prefixes: list[list[int]], *,
-               max_new_tokens: int, batch_size: int) -> list[Any]:
+               max_new_tokens: int, batch_size: int, greedy: list[list[int]] | None = None) -> list[Any]:
         from llmhalluc.rollback import generate_rollback
 
         return generate_rollback(model, tokenizer, prompts, prefixes=prefixes, retraction=self.retraction,
                                  max_new_tokens=max_new_tokens, max_retries=self.max_retries,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, greedy=greedy)
 
 
 def _writes_step(resolved: str, expected: str) -> bool:
