@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llmhalluc import seeds
+from llmhalluc import experiments, seeds
 from llmhalluc.statistics import compare, mean_ci, t_quantile
 
 
@@ -69,7 +69,7 @@ def test_runs_are_the_finished_experiments_whether_run_now_or_from_the_queue():
                  _experiment("now", None, 0.1), _experiment("queued-done", "success", 0.2),
                  _experiment("running", "running", 0.3), _experiment("queued", "queued", 0.4),
                  _experiment("failed", "failed", 0.5)]}]
-    runs = seeds.runs_from_exp_show(shown)
+    runs = experiments.runs_from_exp_show(shown)
     assert [(r.name, r.metrics["metrics/eval.json:sft.accuracy"]) for r in runs] == [("now", 0.1), ("queued-done", 0.2)]
 
 
@@ -79,7 +79,7 @@ from ruamel.yaml import YAML
 p = YAML(typ="safe").load(open("params.yaml"))
 value = p["prepare"]["rate"] + 0.01 * p["sft"]["seed"]
 pathlib.Path("metrics").mkdir(exist_ok=True)
-json.dump({"sft": {"accuracy": value, "probe": {"detection_auroc": 0.5}}}, open("metrics/eval.json", "w"))
+json.dump({"sft": {"accuracy": value, "probe": {"plausible": {"detection_auroc": 0.5}}}}, open("metrics/eval.json", "w"))
 """
 PARAMS = """\
 prepare: {seed: 0, rate: 0.1}
@@ -126,7 +126,7 @@ def test_seeds_run_and_report_mean_and_ci_over_real_dvc_experiments(toy_repo: Pa
         assert result.returncode == 0, result.stderr
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=toy_repo, capture_output=True,
                                       text=True, check=True).stdout)
-    assert len(seeds.runs_from_exp_show(shown)) == 6  # six experiments, each DVC's own
+    assert len(experiments.runs_from_exp_show(shown)) == 6  # six experiments, each DVC's own
 
     result = _seeds_cli(toy_repo, "report", "--reference", "prepare.rate=0.1")
     assert result.returncode == 0, result.stderr
