@@ -69,7 +69,8 @@ def measure(repo: Path, name: str, problems: int) -> dict:
         for folder in ("stages", "llmhalluc", "configs"):
             shutil.copytree(ROOT / folder, work / folder)
         params["eval"].pop("answer_pattern", None)  # an experiment from before prepare.answer_pattern: the default
-        params["eval"]["probe"] = {**params["eval"]["probe"], "enabled": True, "problems": problems}
+        params["eval"]["probe"] = {**params["eval"]["probe"], "enabled": True, "problems": problems,
+                                   "kinds": ["plausible"]}  # the near misses these sweeps trained and probed on
         params["eval"]["sampled"]["enabled"] = False
         params["eval"]["own_errors"]["enabled"] = False
         with (work / "params.yaml").open("w") as handle:
@@ -79,7 +80,7 @@ def measure(repo: Path, name: str, problems: int) -> dict:
             raise SystemExit(f"{name}: eval failed:\n{run.stderr[-3000:]}")
         metrics = json.loads((work / "metrics/eval.json").read_text())
     return {"experiment": name, "problems": problems,
-            **{model: metrics[model]["probe"] for model in ("sft", "grpo") if model in metrics}}
+            **{model: metrics[model]["probe"]["plausible"] for model in ("sft", "grpo") if model in metrics}}
 
 
 def summarize(folder: Path, keys: tuple[str, ...] = ("repair_step", "repair_step_resolved")) -> str:
