@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmhalluc.params.provided import provide
+
 #: Set in the relaunched processes, so they do the work instead of launching again.
 LAUNCHED_ENV = "LLMHALLUC_LAUNCHED"
 
@@ -63,6 +65,9 @@ def read_accelerate_config(path: str | Path) -> dict[str, Any]:
 
     data = YAML(typ="safe").load(Path(path).read_text())
     return data if isinstance(data, dict) else {}
+
+
+provide("accelerate_config", read_accelerate_config)  # the params checks read its distributed_type
 
 
 def accelerate_command(launcher: Any, script: str, argv: list[str]) -> list[str]:

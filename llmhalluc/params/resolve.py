@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llmhalluc import hardware
-from llmhalluc.errors import ParamsError
+from llmhalluc.params.errors import ParamsError
+from llmhalluc.params.provided import machine
 from llmhalluc.params.schema import Section, plain
 from llmhalluc.params.trl_schema import TRL_CONFIGS
 
@@ -30,7 +30,7 @@ def hardware_defaults(section: Section) -> dict[str, Any]:
     refuses to start on a CPU; the user's explicit value is never replaced (the
     params layer already refused one this hardware cannot honour).
     """
-    derived = {"use_cpu": not hardware.cuda(), "bf16": hardware.bf16()}
+    derived = {"use_cpu": not machine().cuda(), "bf16": machine().bf16()}
     return {k: v for k, v in derived.items() if k not in section.trl}
 
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmhalluc.answers import DEFAULT_PATTERN
-from llmhalluc.backtrack import DEFAULT_TOKEN
+#: Group 1 is the final answer: everything after "The answer is" (any case, an optional colon)
+#: up to the first sentence-ending period (one followed by a space or the end, so "2.50" stays
+#: whole) or the end of the line; it never spans two sentences. Scoped flags only (`(?i:...)`),
+#: so the pattern can be embedded in a larger one, as the format reward does. (llmhalluc.answers reads with it.)
+DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\s|$))+?)[ \t]*(?:\.(?=\s|$)|(?=\n)|$)"
+#: The backtrack token's text (llmhalluc.backtrack: what one backtrack retracts).
+DEFAULT_TOKEN = "<|backtrack|>"
 
 #: model_name_or_path of the tiny model built from a seed (a colon never occurs in a hub id).
 BUILTIN_TINY = "builtin:tiny-qwen2"
@@ -29,7 +34,7 @@ def param(default, help: str, *, at_least: float | None = None, above: float | N
     """A dataclass field with its one line of help and what values it takes; mutable defaults go through a
     factory.
 
-    The bounds (of a number; the numeric members of a union) and `check` (a name in schema.CHECKS,
+    The bounds (of a number; the numeric members of a union) and `check` (a name in params.provided,
     for a string) are part of the field's type: the loader refuses a value outside them with its
     file:line, as it refuses a wrong type, so no cross-field rule has to repeat them. `read`: the value
     names a path (or a mapping of them) the stage reads, which a run needs to exist (hub ids excepted).

@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from llmhalluc.errors import ParamsError
+from llmhalluc.params.errors import ParamsError
 
 KeyPath = tuple[str | int, ...]
 
