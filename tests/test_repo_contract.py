@@ -68,7 +68,9 @@ def test_ci_runs_the_readme_test_command_as_written():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"^(python3 -m venv .*)$", readme, re.MULTILINE)
     assert len(commands) == 2 and commands[0].endswith("dvc repro") and commands[1].endswith("pytest")
-    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci
+    assert "ruff check ." in ci and ci.index("ruff check .") < ci.index(commands[1]), "CI lints before the tests"
 
 
 def test_the_schema_defaults_are_the_values_params_yaml_spells_out():
