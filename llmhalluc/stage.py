@@ -39,7 +39,11 @@ def run_stage(name: str, work: Callable[[Section], Any], resolve: Callable[[Sect
             return
         launcher = getattr(section.project, "launcher", None)
         if launcher is not None and needs_launch(launcher):
-            sys.exit(launch(name, launcher, sys.argv[0], ["--params", args.params]))
+            # The ranks start as this process did: `python -m stages.<name>` (dvc.yaml) keeps a queued
+            # experiment's copy first on their sys.path too.
+            started = sys.modules["__main__"].__spec__
+            sys.exit(launch(name, launcher, started.name if started else sys.argv[0], ["--params", args.params],
+                            module=started is not None))
         if world_size() > 1:
             say(f"{name}: rank {rank()} of world size {world_size()}")
         work(section)

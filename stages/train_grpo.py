@@ -19,12 +19,7 @@ off-policy by the bias). grpo.rewards.backtrack.max_backtracks: auto is sized fr
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-
-# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
-# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.datasets.records import read_answer_rules, read_jsonl

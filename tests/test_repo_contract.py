@@ -24,7 +24,7 @@ def test_each_stage_tracks_only_its_own_section_and_runs_its_script():
     assert list(stages) == list(STAGE_SECTION)
     for stage, section in STAGE_SECTION.items():
         assert stages[stage]["params"] == [section]
-        assert stages[stage]["cmd"] == f"python stages/{stage}.py"
+        assert stages[stage]["cmd"] == f"python -m stages.{stage}"  # the copy's code in a queued experiment
         assert f"stages/{stage}.py" in stages[stage]["deps"]
 
 
