@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from llmhalluc.params.provided import provide
-from llmhalluc.params.sections import DEFAULT_PATTERN  # prepare.answer_pattern's default, declared with the key
-
-#: What prepare writes as the gold answer of an unanswerable question, unless its meta.json says otherwise.
-DEFAULT_ABSTAIN = "unanswerable"
+from llmhalluc.params.sections import DEFAULT_ABSTAIN, DEFAULT_PATTERN  # declared with prepare's keys
 
 
 @dataclass(frozen=True)

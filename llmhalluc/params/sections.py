@@ -15,6 +15,8 @@ from typing import Literal
 #: whole) or the end of the line; it never spans two sentences. Scoped flags only (`(?i:...)`),
 #: so the pattern can be embedded in a larger one, as the format reward does. (llmhalluc.answers reads with it.)
 DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\s|$))+?)[ \t]*(?:\.(?=\s|$)|(?=\n)|$)"
+#: The gold answer of an unanswerable question (also what eval assumes when meta.json predates the key).
+DEFAULT_ABSTAIN = "unanswerable"
 #: The backtrack token's text (llmhalluc.backtrack: what one backtrack retracts).
 DEFAULT_TOKEN = "<|backtrack|>"
 
@@ -87,7 +89,7 @@ class PrepareParams:
     train: list[str] = param(["arithmetic"], "registry entries the SFT and GRPO sets are drawn from")
     eval: list[str] = param(["arithmetic"], "registry entries the eval set is drawn from (held out from train)")
     sizes: SplitSizes = param(SplitSizes(), "most examples per prepared set (fewer if the sources run out)")
-    abstain_answer: str = param("unanswerable", "the answer of a question that cannot be answered")
+    abstain_answer: str = param(DEFAULT_ABSTAIN, "the answer of a question that cannot be answered")
     answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins); "
                                 "recorded in meta.json for GRPO and eval", check="answer_pattern")
     on_bad_row: Literal["error", "skip"] = param("error", "a row that cannot be converted stops prepare, or is "
