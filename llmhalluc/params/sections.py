@@ -20,8 +20,10 @@ DEFAULT_ABSTAIN = "unanswerable"
 #: The backtrack token's text (llmhalluc.backtrack: what one backtrack retracts).
 DEFAULT_TOKEN = "<|backtrack|>"
 
-#: model_name_or_path of the tiny model built from a seed (a colon never occurs in a hub id).
-BUILTIN_TINY = "builtin:tiny-qwen2"
+#: model_name_or_path prefix of a model built locally from a seed (a colon never occurs in a hub id).
+BUILTIN_PREFIX = "builtin:"
+#: model_name_or_path of the tiny model built from a seed.
+BUILTIN_TINY = f"{BUILTIN_PREFIX}tiny-qwen2"
 #: model_name_or_path prefix naming an installed Python package whose folder holds the model files.
 PACKAGE_PREFIX = "package:"
 
