@@ -19,11 +19,11 @@ CASES = [
      ["grpo.num_generaitons: unknown key", "did you mean grpo.num_generations"]),
     ("train_grpo", "    r: 16                       # LoRA rank\n    alpha: 32                   # lora_alpha\n"
      "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
-     "  launcher:\n    kind: python                # start the trainer in this process\n"
+     "  launcher:\n    kind: python                # python: this process | accelerate: accelerate launch\n"
      "    num_processes: 1            # processes (the",
      "    rnak: 16\n    alpha: 32                   # lora_alpha\n"
      "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
-     "  launcher:\n    kind: python                # start the trainer in this process\n"
+     "  launcher:\n    kind: python                # python: this process | accelerate: accelerate launch\n"
      "    num_processes: 1            # processes (the",
      ["grpo.lora.rnak: unknown key", "grpo.lora.r"]),
     ("train_grpo", "loss_type: dapo", "loss_type: foo", ["grpo.loss_type", "'foo' is not allowed", "'dr_grpo'"]),

@@ -59,7 +59,7 @@ def test_a_stage_started_as_a_module_relaunches_its_ranks_as_a_module(tmp_path: 
     main = ModuleType("__main__")
     main.__spec__ = importlib.util.find_spec("stages.train_sft")  # what `python -m stages.train_sft` sets
     monkeypatch.setitem(sys.modules, "__main__", main)
-    text = edit(params_text, "    kind: python                # start the trainer in this process\n",
+    text = edit(params_text, "    kind: python                # python: this process | accelerate: accelerate launch\n",
                 "    kind: accelerate\n    config_file: configs/accelerate/cpu_2proc.yaml\n")
     (tmp_path / "params.yaml").write_text(edit(text, "  data_dir: data/prepared ", "  data_dir: configs "))  # exists
     monkeypatch.chdir(ROOT)  # the accelerate config and the registry, as the stage sees them
