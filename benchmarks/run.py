@@ -235,10 +235,10 @@ def fail_fast(work: Path, scale: Scale) -> list[Row]:
         raise RuntimeError("benchmark setup: no grpo num_generations key in params.yaml to misspell")
     bad = work / "bad_params.yaml"
     bad.write_text(text.replace("  num_generations:", "  num_generaitons:", 1))
-    run([PY, "stages/train_grpo.py", "--dry-run"], work)  # warm the TRL schema cache, as any second run finds it
+    run([PY, "-m", "stages.train_grpo", "--dry-run"], work)  # warm the TRL schema cache, as any second run finds it
 
     def error() -> float:
-        elapsed, result = run([PY, "stages/train_grpo.py", "--params", str(bad)], work, check=False)
+        elapsed, result = run([PY, "-m", "stages.train_grpo", "--params", str(bad)], work, check=False)
         if result.returncode != 2:
             raise RuntimeError(f"expected exit 2, got {result.returncode}: {result.stderr}")
         return elapsed
@@ -265,7 +265,7 @@ def stage_overhead(work: Path, scale: Scale) -> list[Row]:
         run([*DVC, "repro", "train_grpo"], work)
     rows = []
     for stage, short in (("train_sft", "sft"), ("train_grpo", "grpo")):
-        pipeline, bare = paired([PY, f"stages/{stage}.py"], [PY, "benchmarks/bare_trl.py", short], work,
+        pipeline, bare = paired([PY, "-m", f"stages.{stage}"], [PY, "benchmarks/bare_trl.py", short], work,
                                 scale.repeat)
         rows.append(row(f"{stage} stage vs bare TRL", pipeline, bare, "s", "ratio <= 1.05",
                         note="whole process: start-up, model load, data, training, save"))
@@ -318,7 +318,7 @@ def prepare_scaling(work: Path, scale: Scale) -> list[Row]:
     original = (work / "params.yaml").read_text()
     rows, base = [], None
     # Interpreter start and imports are paid once per run whatever the size; measure them to take them out.
-    startup = timings(lambda: run([PY, "stages/prepare.py", "--dry-run"], work)[0], scale.repeat)["min"]
+    startup = timings(lambda: run([PY, "-m", "stages.prepare", "--dry-run"], work)[0], scale.repeat)["min"]
     try:
         for total in scale.prepare_rows:
             (work / "params.yaml").write_text(original)
@@ -326,7 +326,7 @@ def prepare_scaling(work: Path, scale: Scale) -> list[Row]:
             set_params(work, {"prepare.sizes.sft": int(total * 0.8), "prepare.sizes.grpo": int(total * 0.1),
                               "prepare.sizes.eval": int(total * 0.1), "prepare.arithmetic.max_steps": 5,
                               "prepare.arithmetic.max_operand": 999})
-            seconds = timings(lambda: run([PY, "stages/prepare.py"], work)[0], scale.repeat)
+            seconds = timings(lambda: run([PY, "-m", "stages.prepare"], work)[0], scale.repeat)
             work_s = {k: max(seconds[k] - startup, 1e-3) for k in ("min", "median")}
             rate = {"max": total / work_s["min"], "median": total / work_s["median"], "n": seconds["n"]}
             base = base or rate

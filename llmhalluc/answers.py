@@ -12,8 +12,8 @@ as GSM8K solutions and real chat models write it: "53 minutes", "$18 per day",
 gold=...)``). Only then: a text gold such as SQuAD's "3 million" must not equal
 "3 billion". Eval and the GRPO rewards both judge through this one rule.
 
-This module stays import-light (re, decimal): the params layer and the rewards
-import it.
+This module stays import-light (re, decimal): the rewards and eval import it. The params layer
+asks for its two checks of the answer rules through llmhalluc.params.provided (bottom of this file).
 """
 
 from __future__ import annotations
@@ -23,14 +23,8 @@ import string
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-#: Group 1 is the final answer: everything after "The answer is" (any case, an optional colon)
-#: up to the first sentence-ending period (one followed by a space or the end, so "2.50" stays
-#: whole) or the end of the line; it never spans two sentences. Scoped flags only (`(?i:...)`),
-#: so the pattern can be embedded in a larger one, as the format reward does.
-DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\s|$))+?)[ \t]*(?:\.(?=\s|$)|(?=\n)|$)"
-
-#: What prepare writes as the gold answer of an unanswerable question, unless its meta.json says otherwise.
-DEFAULT_ABSTAIN = "unanswerable"
+from llmhalluc.params.provided import provide
+from llmhalluc.params.sections import DEFAULT_ABSTAIN, DEFAULT_PATTERN  # declared with prepare's keys
 
 
 @dataclass(frozen=True)
@@ -166,3 +160,8 @@ def normalize_answer(answer: str | None, gold: str | None = None) -> str | None:
         # and could equal the gold by accident: keep its own spelling instead.
         return " ".join(text.lower().split())
     return words or None
+
+
+# prepare.answer_pattern's check on the key, and its cross-check against prepare.abstain_answer.
+provide("answer_pattern", pattern_problem)
+provide("answer_sentence", sentence_problem)

@@ -30,7 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-DEFAULT_TOKEN = "<|backtrack|>"
+from llmhalluc.params.sections import DEFAULT_TOKEN as DEFAULT_TOKEN  # sft.backtrack.token's default, declared there
+
 UNITS = ("token", "step", "retry")
 DEFAULT_UNIT = "token"  # a model without lineage, or whose lineage predates the unit, was trained per token
 

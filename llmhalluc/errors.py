@@ -7,29 +7,15 @@ the message already names the key, file and line) and exits with the kind's code
     3  DataError     an input file or record is wrong (file:line or record id)
     4  OutputError   the outs could not be written (disk full, permissions); the previous outs are intact
 
-Anything else is a bug in this project and keeps its traceback (exit 1).
+Anything else is a bug in this project and keeps its traceback (exit 1). UserError and ParamsError are
+defined in llmhalluc.params.errors (the params layer imports nothing above it) and re-exported here.
 """
 
 from __future__ import annotations
 
+from llmhalluc.params.errors import ParamsError, UserError
 
-class UserError(Exception):
-    """An error in what the user gave us, not in the code."""
-
-    exit_code = 1
-
-
-class ParamsError(UserError):
-    """params.yaml is wrong: unknown key, bad type, bad choice, inconsistent values.
-
-    Exit code 2, like argparse's usage errors: the run never started.
-    """
-
-    exit_code = 2
-
-    def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
+__all__ = ["DataError", "OutputError", "ParamsError", "UserError"]
 
 
 class DataError(UserError):

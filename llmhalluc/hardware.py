@@ -5,11 +5,16 @@ cannot honour (bf16 on a CPU, vLLM without its package), resolve fills TRL's
 hardware keys the user left open, and `dtype: auto` picks bf16 only where it
 runs. One answer each, here, so they cannot disagree. torch is imported only
 when a question needs it: a params typo must still fail in well under 2 s.
+
+This module is the params layer's Machine (llmhalluc.params.provided): it provides itself on import.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+
+from llmhalluc.params.provided import provide
 
 
 def installed(module: str) -> bool:
@@ -44,3 +49,6 @@ def vllm_problem() -> str | None:
     if not cuda():
         return "needs a CUDA GPU and this machine has none"
     return None
+
+
+provide("machine", sys.modules[__name__])

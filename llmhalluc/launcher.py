@@ -1,7 +1,8 @@
 """How a training stage starts: in this process, or on N processes through `accelerate launch`.
 
-The stage's `cmd` in dvc.yaml stays `python stages/train_sft.py`; with
-`launcher.kind: accelerate` the script starts itself again under
+The stage's `cmd` in dvc.yaml stays `python -m stages.train_sft`; with
+`launcher.kind: accelerate` the stage starts itself again, the same way (as a
+module, or as the script `python stages/train_sft.py`), under
 `accelerate launch --config_file <launcher.config_file> --num_processes N`, and
 the relaunched processes (marked by an environment variable) do the work. So
 moving from one process to eight GPUs is a params change that DVC tracks, not
@@ -20,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from llmhalluc.params.provided import provide
 
 #: Set in the relaunched processes, so they do the work instead of launching again.
 LAUNCHED_ENV = "LLMHALLUC_LAUNCHED"
@@ -65,8 +68,12 @@ def read_accelerate_config(path: str | Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def accelerate_command(launcher: Any, script: str, argv: list[str]) -> list[str]:
-    """The `accelerate launch` command line that runs script on launcher.num_processes processes."""
+provide("accelerate_config", read_accelerate_config)  # the params checks read its distributed_type
+
+
+def accelerate_command(launcher: Any, script: str, argv: list[str], *, module: bool = False) -> list[str]:
+    """The `accelerate launch` command line that runs script (a module name, with module) on
+    launcher.num_processes processes."""
     config = read_accelerate_config(launcher.config_file)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launcher.config_file),
            "--num_processes", str(launcher.num_processes)]
@@ -75,12 +82,12 @@ def accelerate_command(launcher: Any, script: str, argv: list[str]) -> list[str]
         cmd += ["--main_process_port", str(launcher.main_process_port)]
     elif int(config.get("num_machines", 1)) == 1:
         cmd += ["--main_process_port", str(free_port())]
-    return [*cmd, script, *argv]
+    return [*cmd, *(["--module"] if module else []), script, *argv]
 
 
-def launch(stage: str, launcher: Any, script: str, argv: list[str]) -> int:
+def launch(stage: str, launcher: Any, script: str, argv: list[str], *, module: bool = False) -> int:
     """Run this stage under accelerate and return its exit code (the first failing rank's)."""
-    cmd = accelerate_command(launcher, script, argv)
+    cmd = accelerate_command(launcher, script, argv, module=module)
     print(f"{stage}: launching {launcher.num_processes} processes: {shlex.join(cmd)}", flush=True)
     return subprocess.call(cmd, env={**os.environ, LAUNCHED_ENV: "1"})
 

@@ -26,13 +26,11 @@ from llmhalluc import hardware
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.lineage import base_location, read_lineage
-from llmhalluc.params.sections import PACKAGE_PREFIX, Dtype, TinyModelParams
+from llmhalluc.params.sections import BUILTIN_PREFIX, PACKAGE_PREFIX, Dtype, TinyModelParams
 from llmhalluc.trl_compat import peft_spelling_quiet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-BUILTIN_PREFIX = "builtin:"
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"

@@ -20,8 +20,8 @@ gold answer (scoring raw strings that still hold backtracks, as the original res
 resolved by the retraction unit the model was trained with (train_grpo reads it from the start model's
 lineage; one `backtrack.Retraction` serves every reward, as it serves eval).
 
-This module stays import-light (no torch, no transformers): the params layer
-imports it to check reward names in well under 2 s.
+This module stays import-light (no torch, no transformers): train_grpo imports it before reading
+params.yaml, so the params layer can check reward names (provided as reward_names) in well under 2 s.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from llmhalluc.answers import AnswerRules, extract_answer, normalize_answer
 from llmhalluc.backtrack import Retraction, retraction_for
 from llmhalluc.errors import DataError, ParamsError
+from llmhalluc.params.provided import provide
 
 if TYPE_CHECKING:
     from llmhalluc.params.sections import RewardsParams
@@ -50,6 +51,7 @@ class Decoder(Protocol):
 
 Factory = Callable[[Decoder, Retraction, "RewardsParams", "AnswerJudge"], RewardFn]
 REWARDS: dict[str, Factory] = {}
+provide("reward_names", REWARDS)  # the params layer checks grpo.reward_funcs against it (filled below)
 
 
 def reward(name: str) -> Callable[[Factory], Factory]:

@@ -2,6 +2,8 @@
 
 A stage reads its section first and exits 2 on a params problem before any
 model or data is touched, so its earlier outputs on disk are left as they were.
+What the params checks of every section may ask for is provided by the modules imported here
+(llmhalluc.params.provided); a stage script imports the owners that only its own section needs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from llmhalluc import answers, hardware  # noqa: F401  (what they provide: prepare's answer checks, the Machine)
 from llmhalluc.errors import OutputError, UserError
 from llmhalluc.launcher import launch, needs_launch, rank, say, world_size
 from llmhalluc.outputs import STORAGE_ERRNOS, os_reason
@@ -36,7 +39,11 @@ def run_stage(name: str, work: Callable[[Section], Any], resolve: Callable[[Sect
             return
         launcher = getattr(section.project, "launcher", None)
         if launcher is not None and needs_launch(launcher):
-            sys.exit(launch(name, launcher, sys.argv[0], ["--params", args.params]))
+            # The ranks start as this process did: `python -m stages.<name>` (dvc.yaml) keeps a queued
+            # experiment's copy first on their sys.path too.
+            started = sys.modules["__main__"].__spec__
+            sys.exit(launch(name, launcher, started.name if started else sys.argv[0], ["--params", args.params],
+                            module=started is not None))
         if world_size() > 1:
             say(f"{name}: rank {rank()} of world size {world_size()}")
         work(section)

@@ -22,10 +22,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
-# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from llmhalluc.answers import AnswerRules
 from llmhalluc.datasets.records import read_answer_rules, read_jsonl
 from llmhalluc.datasets.splits import normalize_question

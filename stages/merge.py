@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-
-# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
-# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.outputs import staged_output

@@ -8,12 +8,7 @@ failure leaves the previous data/prepared as it was).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-
-# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
-# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.records import chat_prompt, write_jsonl, write_meta

@@ -19,17 +19,13 @@ off-policy by the bias). grpo.rewards.backtrack.max_backtracks: auto is sized fr
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-
-# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
-# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.datasets.records import read_answer_rules, read_jsonl
 from llmhalluc.launcher import print_once
 from llmhalluc.params import Section, resolved, trl_config
+from llmhalluc.rewards import AnswerJudge, build_rewards, resolve_max_backtracks  # grpo's reward_names, too
 from llmhalluc.stage import run_stage
 
 LIVE_DIR = Path("dvclive/train_grpo")  # declared in dvc.yaml (metrics + plots + completions tables)
@@ -42,7 +38,6 @@ def main(section: Section) -> None:
     from llmhalluc import lineage, models, tracking
     from llmhalluc.backtrack import unit_of
     from llmhalluc.errors import DataError
-    from llmhalluc.rewards import AnswerJudge, build_rewards, resolve_max_backtracks
     from llmhalluc.trainers import fit, publish
     from llmhalluc.training import lora_config, seed_everything, with_adapter, with_rollout_bias
 

@@ -17,13 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
-
-# This checkout's llmhalluc, not the installed one: `dvc exp run --queue` runs each experiment in a
-# temporary copy (.dvc/tmp/exps/...) while the editable install points at the original checkout.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmhalluc.backtrack import encode_example, retraction_for
 from llmhalluc.datasets.records import jsonl_text, read_answer_rules, read_jsonl, read_meta

@@ -16,6 +16,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("LLMHALLUC_CACHE_DIR", str(ROOT / ".pytest_cache" / "llmhalluc-schema"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _provided_to_params() -> None:
+    """What every stage script imports before it reads params.yaml: the owners of the facts the params
+    checks ask for (llmhalluc.params.provided), so a test that loads a section in this process gets every
+    check. tests/test_params_leaf.py proves each stage script imports them itself."""
+    from llmhalluc import rewards, stage  # noqa: F401
+    from llmhalluc.datasets import registry  # noqa: F401
+
+
 def dvc_yaml(root: Path = ROOT) -> dict:
     """dvc.yaml's stages and plots as DVC runs them: `${section.key}` resolved from root's params.yaml."""
     from dvc.parsing import DataResolver

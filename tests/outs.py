@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -68,3 +69,34 @@ def run_in_process(stage: str, cwd: Path, *args: str) -> tuple[int, str, str]:
         os.chdir(old_cwd)
         sys.argv = old_argv
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+#: A problem line as the params layer writes it: `file:line: key.path: what is wrong`.
+PROBLEM = re.compile(r"^(?:error: |warning: )?(?P<file>[^\s:]+):(?P<line>\d+): (?P<key>[A-Za-z_][\w.\[\]-]*): ")
+
+
+def named_keys(stderr: str) -> list[tuple[str, int, str]]:
+    """(file, line, key.path) of every problem line in a stage's stderr."""
+    return [(m["file"], int(m["line"]), m["key"]) for line in stderr.splitlines() if (m := PROBLEM.match(line))]
+
+
+def assert_names_written_keys(stderr: str, params_file: Path) -> None:
+    """Every problem line names a key path the user wrote, on the line the file has it.
+
+    A file that does not parse has no key table: its one problem line is held to the case's own fragment
+    and anchor instead (the key path there is read off the text by indentation, llmhalluc.params.yaml12).
+    """
+    from llmhalluc.errors import ParamsError
+    from llmhalluc.params.yaml12 import read_params_file
+
+    named = named_keys(stderr)
+    assert named, f"no problem line names `file:line: key.path`:\n{stderr}"
+    try:
+        file = read_params_file(params_file)
+    except ParamsError:
+        return
+    written = {"".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)[1:]: line
+               for path, line in file.lines.items()}
+    for name, line, key in named:
+        if name == params_file.name:
+            assert written.get(key) == line, f"{name}:{line}: {key} is not a key the file writes there:\n{stderr}"

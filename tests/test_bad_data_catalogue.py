@@ -54,6 +54,10 @@ bad_arithmetic:
   source: {path: data/raw/rows_arithmetic.jsonl}
   converter: arithmetic
 """
+#: entry -> the line of its `source:` in the test registry (configs/datasets.yaml, then REGISTRY)
+SOURCE_LINE = {line[:-1]: number + 1 for number, line in
+               enumerate(((ROOT / "configs" / "datasets.yaml").read_text() + REGISTRY).splitlines(), start=1)
+               if line.startswith("bad_")}
 
 
 def write_rows(path: Path, rows: list) -> None:
@@ -125,6 +129,9 @@ GOOD_BY_ENTRY = {"bad_squad": ([GOOD_SQUAD, {**GOOD_SQUAD, "question": "Which ci
 ROW_CASES = [
     RowCase("malformed_row", '{"question": "oops", ', "malformed JSON (Expecting property name enclosed in double "
             "quotes at column 22)", formats=("jsonl",)),
+    # the decoder's "Unterminated string starting at" is followed by our column, not a second "at"
+    RowCase("malformed_row", '{"question": "oops', "malformed JSON (Unterminated string starting at column 14)",
+            formats=("jsonl",)),
     RowCase("malformed_row", "[1, 2]", "expected a JSON object, got list", formats=("jsonl",)),
     RowCase("malformed_row", 5, "expected a JSON object, got int", formats=("json",)),
     RowCase("missing_column", {"question": "No answer here", "answer": None}, "missing column 'answer'"),
@@ -206,10 +213,12 @@ SOURCE_CASES = [
      "data/raw/rows.json: missing column 'answer' that converter gsm8k needs (columns: question, solution)"),
     ("column-missing-csv", "rows.csv", "question,total\n1+1?,2\n",
      "data/raw/rows.csv: missing column 'answer' that converter gsm8k needs (columns: question, total)"),
-    ("not-found", None, None, "data/raw/rows.jsonl: source file not found"),
+    ("not-found", None, None, "data/raw/rows.jsonl: source file not found (registry entry bad_jsonl, "
+     f"configs/datasets.yaml:{SOURCE_LINE['bad_jsonl']}: bad_jsonl.source.path)"),
     ("json-not-a-list", "rows.json", '{"question": "1+1?"}', "data/raw/rows.json: expected a JSON list of "
      "objects, got dict"),
-    ("json-malformed", "rows.json", '[\n{"question": "1+1?",\n', "data/raw/rows.json:3: malformed JSON"),
+    ("json-malformed", "rows.json", '[\n{"question": "1+1?",\n', "data/raw/rows.json:3: malformed JSON (Expecting "
+     "property name enclosed in double quotes at column 1)"),
     ("csv-ragged", "rows.csv", "question,answer\nOne?,1 + 0 = 1. #### 1\nTwo?,1 + 1 = 2. #### 2,extra\n",
      "data/raw/rows.csv: cannot load (ParserError: Error tokenizing data. C error: Expected 2 fields in line 3, "
      "saw 3)"),

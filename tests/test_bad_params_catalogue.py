@@ -3,8 +3,10 @@
 Each case edits the repo's params.yaml inside one section, runs that section's
 stage script and asserts what a user sees: exit code 2, the message starting
 with `params.yaml:<line>: <dotted.key.path>` (the line of the offending key),
-no traceback, nothing on stdout, and every earlier out of every stage
-byte-identical (nothing is written at all).
+every problem line naming a key path the user wrote, on the line the file has it
+(TRL's own rules and YAML syntax errors too; only a missing section has no key
+to name: NO_KEY_WRITTEN), no traceback, nothing on stdout, and every earlier out
+of every stage byte-identical (nothing is written at all).
 
 The matrix is checked for completeness: each (error class, section) pair has
 a case or a stated reason why the class cannot occur in that section.
@@ -26,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_stage_script
-from tests.outs import plant_earlier_outs, run_in_process, tree
+from tests.outs import assert_names_written_keys, plant_earlier_outs, run_in_process, tree
 
 #: params.yaml section -> the stage script that reads it.
 SCRIPTS = {"prepare": "prepare", "sft": "train_sft", "grpo": "train_grpo", "merge": "merge", "eval": "eval"}
@@ -104,9 +106,9 @@ CASES = [
     Case("prepare", "missing-input", sub("  registry: configs/datasets.yaml", "  registry: configs/nope.yaml"),
          ["prepare.registry: no such file 'configs/nope.yaml'"], "registry:", dry_run=False),
     Case("prepare", "yaml-syntax", sub("    sft: 1500 ", "    sft: 1500: 1 "),
-         ["invalid YAML: mapping values are not allowed here"], "sft: 1500: 1"),
+         ["prepare.sizes.sft: invalid YAML: mapping values are not allowed here"], "sft: 1500: 1"),
     Case("prepare", "duplicate-key", sub("  seed: 0 ", "  seed: 0\n  seed: 1 "),
-         ['invalid YAML: found duplicate key "seed"'], "seed: 1"),
+         ['prepare.seed: invalid YAML: found duplicate key "seed"'], "seed: 1"),
     Case("prepare", "nested-not-mapping", ("block", "  sizes:", "  sizes: 100"),
          ["prepare.sizes: expected a mapping, got int"], "sizes: 100"),
     # --- sft -----------------------------------------------------------------------------------------------
@@ -136,9 +138,9 @@ CASES = [
          ["sft.dtype: float16 training needs a CUDA GPU", "sft.bf16: true needs a GPU with bfloat16 support",
           "sft.tf32: true needs an Ampere or newer GPU"], "dtype: float16"),
     Case("sft", "yaml-syntax", sub("    num_layers: 3 ", "     num_layers: 3 "),
-         ["invalid YAML"], "num_layers:"),
+         ["sft.tiny_model: invalid YAML"], "num_layers:"),
     Case("sft", "duplicate-key", sub("  max_steps: 600 ", "  max_steps: 600\n  max_steps: 30 "),
-         ['invalid YAML: found duplicate key "max_steps"'], "max_steps: 30 "),
+         ['sft.max_steps: invalid YAML: found duplicate key "max_steps"'], "max_steps: 30 "),
     Case("sft", "nested-not-mapping", ("block", "  lora:", "  lora: true"),
          ["sft.lora: expected a mapping, got bool"], "lora: true"),
     # --- grpo ----------------------------------------------------------------------------------------------
@@ -157,14 +159,24 @@ CASES = [
                                     "  num_generations: 4\n  generation_batch_size: 8\n  steps_per_generation: 2 "),
          ["grpo.generation_batch_size: TRL's GRPOConfig rejects the configuration", "steps_per_generation"],
          "generation_batch_size:"),
+    # TRL's message names no key (num_generations < 2) or one the user never wrote (generation_batch_size):
+    # the key is found by asking TRL without each written key (llmhalluc.params.resolve._rejected).
+    Case("grpo", "cross-field", sub("  num_generations: 4 ", "  num_generations: 1 "),
+         ["grpo.num_generations: TRL's GRPOConfig rejects the configuration: GRPO requires at least 2 generations",
+          "(TRL accepts it without grpo.num_generations at params.yaml:"], "num_generations:",
+         extra={"tag": "trl-unnamed"}),
+    Case("grpo", "cross-field", sub("  num_generations: 4 ", "  num_generations: 3 "),
+         ["grpo.num_generations: TRL's GRPOConfig rejects the configuration: generation_batch_size (16) must be "
+          "divisible by num_generations (3)", "it also depends on grpo.per_device_train_batch_size at params.yaml:"],
+         "num_generations:", extra={"tag": "trl-derived"}),
     Case("grpo", "missing-input", sub("  data_dir: data/prepared ", "  data_dir: ./data/nope "),
          ["grpo.data_dir: path './data/nope' does not exist"], "data_dir:", dry_run=False),
     Case("grpo", "hardware", sub("  dtype: auto ", "  dtype: float16\n  fp16: true "),
          ["grpo.dtype: float16 training needs a CUDA GPU", "grpo.fp16: true needs a CUDA GPU"], "dtype: float16"),
     Case("grpo", "yaml-syntax", sub("  beta: 0.0 ", "  beta: 0.0: 1 "),
-         ["invalid YAML: mapping values are not allowed here"], "beta: 0.0: 1"),
+         ["grpo.beta: invalid YAML: mapping values are not allowed here"], "beta: 0.0: 1"),
     Case("grpo", "duplicate-key", sub("      penalty: 0.5 ", "      penalty: 0.5\n      penalty: 0.1 "),
-         ['invalid YAML: found duplicate key "penalty"'], "penalty: 0.1"),
+         ['grpo.rewards.length.penalty: invalid YAML: found duplicate key "penalty"'], "penalty: 0.1"),
     Case("grpo", "nested-not-mapping", ("block", "    format:", "    format: strict"),
          ["grpo.rewards.format: expected a mapping, got str"], "format: strict"),
     # --- merge ---------------------------------------------------------------------------------------------
@@ -176,9 +188,10 @@ CASES = [
          ["merge.dtype: 'float64' is not allowed; valid: 'float32', 'bfloat16', 'float16'"], "dtype:"),
     Case("merge", "missing-input", sub("  model_dir: models/grpo ", "  model_dir: ./models/nope "),
          ["merge.model_dir: path './models/nope' does not exist"], "model_dir:", dry_run=False),
-    Case("merge", "yaml-syntax", sub("  dtype: float32 ", '  dtype: "float32 '), ["invalid YAML"], None),
+    # The quote closes in a comment of eval's; ruamel stops there, still inside merge's mapping.
+    Case("merge", "yaml-syntax", sub("  dtype: float32 ", '  dtype: "float32 '), ["merge: invalid YAML"], None),
     Case("merge", "duplicate-key", sub("  dtype: float32 ", "  dtype: float32\n  dtype: float16 "),
-         ['invalid YAML: found duplicate key "dtype"'], "dtype: float16"),
+         ['merge.dtype: invalid YAML: found duplicate key "dtype"'], "dtype: float16"),
     # --- eval ----------------------------------------------------------------------------------------------
     Case("eval", "unknown-key", sub("  batch_size: 64 ", "  batch_sise: 64 "),
          ["eval.batch_sise: unknown key (did you mean eval.batch_size?)"], "batch_sise:"),
@@ -191,9 +204,9 @@ CASES = [
     Case("eval", "missing-input", sub("  data_dir: data/prepared ", "  data_dir: ./data/nope "),
          ["eval.data_dir: path './data/nope' does not exist"], "data_dir:", dry_run=False),
     Case("eval", "yaml-syntax", sub("  seed: 0 ", "  seed: 0: 0 "),
-         ["invalid YAML: mapping values are not allowed here"], "seed: 0: 0"),
+         ["eval.seed: invalid YAML: mapping values are not allowed here"], "seed: 0: 0"),
     Case("eval", "duplicate-key", sub("  top_p: 1.0 ", "  top_p: 1.0\n  top_p: 0.9 "),
-         ['invalid YAML: found duplicate key "top_p"'], "top_p: 0.9"),
+         ['eval.top_p: invalid YAML: found duplicate key "top_p"'], "top_p: 0.9"),
 ]
 # Section-level classes, the same shape in every section.
 for _name in SCRIPTS:
@@ -253,8 +266,15 @@ def workspace(tmp_path: Path, params: str) -> Path:
     return tmp_path
 
 
-def assert_refused(case: Case, params: str, code: int, stdout: str, stderr: str) -> None:
+#: Classes whose message cannot name a key the user wrote, and why.
+NO_KEY_WRITTEN = {"section-missing": "the section the stage reads is not in the file; the message names it (and a "
+                                     "near miss the user wrote, with its line: the -typo cases)"}
+
+
+def assert_refused(case: Case, params: str, code: int, stdout: str, stderr: str, work: Path) -> None:
     assert code == 2, stderr
+    if case.cls not in NO_KEY_WRITTEN:
+        assert_names_written_keys(stderr, work / "params.yaml")
     if case.anchor is not None:
         first = f"params.yaml:{line_of(params, case.section, case.anchor)}: {case.fragments[0]}"
         assert first in stderr, f"expected {first!r} in:\n{stderr}"
@@ -270,6 +290,7 @@ def test_the_catalogue_covers_every_class_in_every_section():
         for section in SCRIPTS:
             if (cls, section) not in covered:
                 assert NOT_APPLICABLE.get((cls, section)), f"no case for {cls} in {section}, and no reason why"
+    assert set(NO_KEY_WRITTEN) <= set(CLASSES)
     for cls, section in NOT_APPLICABLE:
         assert cls in CLASSES and section in SCRIPTS
         assert (cls, section) not in covered, f"{cls} in {section}: both a case and a reason why it cannot happen"
@@ -288,7 +309,7 @@ def test_params_error_exits_2_naming_file_line_and_key_with_outs_untouched(
     work = workspace(tmp_path, params)
     before = tree(work)
     code, stdout, stderr = run_in_process(SCRIPTS[case.section], work, *(["--dry-run"] if case.dry_run else []))
-    assert_refused(case, params, code, stdout, stderr)
+    assert_refused(case, params, code, stdout, stderr, work)
     assert tree(work) == before
 
 
@@ -344,5 +365,5 @@ def test_a_real_run_of_each_stage_leaves_outs_untouched(tmp_path: Path, params_t
     work = workspace(tmp_path, params)
     before = tree(work)
     result = run_stage_script(SCRIPTS[section], work)
-    assert_refused(case, params, result.returncode, result.stdout, result.stderr)
+    assert_refused(case, params, result.returncode, result.stdout, result.stderr, work)
     assert tree(work) == before

@@ -1,7 +1,7 @@
 """Two CPU processes through accelerate, from a params change alone: train_sft, train_grpo, then merge and eval.
 
-The stages are started exactly as dvc.yaml starts them (`python stages/<stage>.py`);
-`launcher.kind: accelerate` makes each relaunch itself on two gloo processes.
+The stages are started as scripts (`python stages/<stage>.py`; dvc.yaml's `python -m stages.<stage>` relaunches
+as a module, tests/test_launcher.py); `launcher.kind: accelerate` makes each relaunch itself on two gloo processes.
 """
 
 from __future__ import annotations

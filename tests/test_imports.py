@@ -138,9 +138,10 @@ def test_every_stage_depends_on_its_import_closure_and_what_it_reads() -> None:
     missing = []
     for name, stage in pipeline.items():
         deps = stage.get("deps") or []
+        missing += [f"{name}: lists {dep} twice" for dep in sorted({d for d in deps if deps.count(d) > 1})]
         outs = _names(stage.get("outs")) + _names(stage.get("metrics")) + _names(stage.get("plots"))
         script = ROOT / "stages" / f"{name}.py"
-        assert stage["cmd"].split()[-1] == rel(script), f"{name}: cmd should run {rel(script)}"
+        assert stage["cmd"] == f"python -m stages.{name}", f"{name}: cmd should run {rel(script)} as a module"
         for file in sorted(closure(script, edges)):
             if not _covered(rel(file), deps):
                 missing.append(f"{name}: imports {rel(file)}")

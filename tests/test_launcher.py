@@ -10,7 +10,7 @@ from llmhalluc.launcher import accelerate_command
 from llmhalluc.params.sections import LauncherParams
 from tests.conftest import ROOT, edit, run_stage_script
 
-PYTHON_LAUNCHER = "    kind: python                # start the trainer in this process\n"
+PYTHON_LAUNCHER = "    kind: python                # python: this process | accelerate: accelerate launch\n"
 
 
 def test_each_launch_gets_its_own_free_port_unless_params_pin_one():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import edit, run_stage_script
+from tests.outs import assert_names_written_keys
 
 CASES = [
     # (stage script, old text, new text, expected fragments of stderr)
@@ -19,20 +20,25 @@ CASES = [
      ["grpo.num_generaitons: unknown key", "did you mean grpo.num_generations"]),
     ("train_grpo", "    r: 16                       # LoRA rank\n    alpha: 32                   # lora_alpha\n"
      "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
-     "  launcher:\n    kind: python                # start the trainer in this process\n"
+     "  launcher:\n    kind: python                # python: this process | accelerate: accelerate launch\n"
      "    num_processes: 1            # processes (the",
      "    rnak: 16\n    alpha: 32                   # lora_alpha\n"
      "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
-     "  launcher:\n    kind: python                # start the trainer in this process\n"
+     "  launcher:\n    kind: python                # python: this process | accelerate: accelerate launch\n"
      "    num_processes: 1            # processes (the",
      ["grpo.lora.rnak: unknown key", "grpo.lora.r"]),
     ("train_grpo", "loss_type: dapo", "loss_type: foo", ["grpo.loss_type", "'foo' is not allowed", "'dr_grpo'"]),
     ("train_grpo", "scale_rewards: group", "scale_rewards: foo", ["grpo.scale_rewards", "'batch'"]),
     ("train_grpo", "  num_generations: 4 ", '  num_generations: "eight" ',
      ["grpo.num_generations: expected int", "'eight'"]),
+    # TRL's rule, on the keys the user wrote: generation_batch_size is TRL's, derived from the batch size
     ("train_grpo", "  num_generations: 4 ", "  num_generations: 3 ",
      ["grpo.num_generations: TRL's GRPOConfig rejects the configuration:",
-      "generation_batch_size (16) must be divisible by num_generations (3)"]),
+      "generation_batch_size (16) must be divisible by num_generations (3)",
+      "TRL accepts it without grpo.num_generations at params.yaml:",
+      "it also depends on grpo.per_device_train_batch_size at params.yaml:"]),
+    ("train_grpo", "  num_generations: 4 ", "  num_generations: 1 ",  # TRL's message names no key at all
+     ["grpo.num_generations: TRL's GRPOConfig rejects the configuration: GRPO requires at least 2 generations"]),
     ("train_grpo", "reward_weights: [1.0, 0.5]", "reward_weights: [1.0]",
      ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
     ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format]",
@@ -101,6 +107,7 @@ def test_bad_params_exit_2_naming_the_key(tmp_path: Path, params_text: str, stag
     for fragment in fragments:
         assert fragment in result.stderr
     assert "params.yaml:" in result.stderr  # file and line
+    assert_names_written_keys(result.stderr, tmp_path / "params.yaml")
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert (out / "model.safetensors").read_bytes() == b"earlier output"

@@ -311,5 +311,5 @@ arithmetic:
     result = run_stage_script("prepare", work, "--dry-run")
     assert result.returncode == 2
     last = len((work / "configs" / "datasets.yaml").read_text().splitlines()) - 2
-    assert f'datasets.yaml:{last}: invalid YAML: found duplicate key "arithmetic"' in result.stderr
+    assert f'datasets.yaml:{last}: arithmetic: invalid YAML: found duplicate key "arithmetic"' in result.stderr
     assert not (work / "data" / "prepared").exists()

@@ -24,7 +24,7 @@ def test_each_stage_tracks_only_its_own_section_and_runs_its_script():
     assert list(stages) == list(STAGE_SECTION)
     for stage, section in STAGE_SECTION.items():
         assert stages[stage]["params"] == [section]
-        assert stages[stage]["cmd"] == f"python stages/{stage}.py"
+        assert stages[stage]["cmd"] == f"python -m stages.{stage}"  # the copy's code in a queued experiment
         assert f"stages/{stage}.py" in stages[stage]["deps"]
 
 
@@ -68,7 +68,9 @@ def test_ci_runs_the_readme_test_command_as_written():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"^(python3 -m venv .*)$", readme, re.MULTILINE)
     assert len(commands) == 2 and commands[0].endswith("dvc repro") and commands[1].endswith("pytest")
-    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci
+    assert "ruff check ." in ci and ci.index("ruff check .") < ci.index(commands[1]), "CI lints before the tests"
 
 
 def test_the_schema_defaults_are_the_values_params_yaml_spells_out():
@@ -98,3 +100,86 @@ def test_the_schema_defaults_are_the_values_params_yaml_spells_out():
     for name, cls in PROJECT_PARAMS.items():
         walk(cls, params[name], f"{name}.")
     assert not disagree, "\n".join(disagree)
+
+
+def _comment(lines: list[str], number: int) -> str:
+    """The comment of the key on line `number` (1-based): what follows ` #` there, with the comment-only lines
+    indented under it; else the comment-only lines right above it, at its own indent."""
+    line = lines[number - 1]
+    indent = len(line) - len(line.lstrip())
+    parts = [line.split(" #", 1)[1]] if " #" in line else []
+    below = number
+    while parts and below < len(lines) and lines[below].lstrip().startswith("#") \
+            and len(lines[below]) - len(lines[below].lstrip()) > indent:
+        parts.append(lines[below].lstrip()[1:])
+        below += 1
+    above = number - 2
+    while not parts and above >= 0 and lines[above].lstrip().startswith("#") \
+            and len(lines[above]) - len(lines[above].lstrip()) == indent:
+        above -= 1
+    if not parts:
+        parts = [line.lstrip()[1:] for line in lines[above + 1: number - 1]]
+    return " ".join(part.strip() for part in parts)
+
+
+def _listed_choices(comment: str) -> list[str]:
+    """The values a comment lists as `a | b | c` (each may be followed by `(why)` or `: what it does`)."""
+    segments = re.sub(r"\([^()]*\)", "", comment).split("|")
+    if len(segments) < 2:
+        return []
+    listed = []
+    for index, segment in enumerate(segments):
+        words = segment.split()
+        word = words[0] if index or words[0].endswith(":") else words[-1]
+        listed.append(word.strip(":;,."))
+    return listed
+
+
+def test_every_project_key_in_params_yaml_has_a_comment_that_agrees_with_its_declaration():
+    """params.yaml's comments and sections.param's help are two homes of a key's documentation (one for the
+    reader of the file, one for the code): every project key the file writes has a comment, and a key with a
+    closed set of values (Literal) names every allowed value and lists no other (`a | b | c`). The default
+    each side shows is held equal by test_the_schema_defaults_are_the_values_params_yaml_spells_out. A nested
+    section's header may go without a comment: its keys carry theirs. TRL's keys are documented by TRL."""
+    from llmhalluc.params.schema import FieldSpec, describe_dataclass
+    from llmhalluc.params.sections import PROJECT_PARAMS
+    from llmhalluc.params.yaml12 import read_params_file
+
+    file = read_params_file(ROOT / "params.yaml")
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    wrong = []
+
+    def walk(fields: dict[str, FieldSpec], data: dict, path: tuple[str, ...]) -> None:
+        for key, value in data.items():
+            if key not in fields:
+                continue  # a TRL key
+            where, dotted, kind = (*path, key), ".".join((*path, key)), fields[key].type
+            if kind["t"] == "section":
+                walk({k: FieldSpec(**v) for k, v in kind["fields"].items()}, value, where)
+                continue
+            comment = _comment(lines, file.lines[where])
+            if not comment:
+                wrong.append(f"params.yaml:{file.lines[where]}: {dotted} has no comment")
+                continue
+            members = [kind] if kind["t"] == "choice" else [m for m in kind.get("of", []) if m["t"] == "choice"]
+            allowed = [str(v) for m in members for v in m["values"]]
+            if not allowed:
+                continue
+            unnamed = [v for v in allowed if not re.search(rf"(?<![\w-]){re.escape(v)}(?![\w-])", comment)]
+            foreign = [v for v in _listed_choices(comment) if v not in allowed]
+            if unnamed or foreign:
+                wrong.append(f"params.yaml:{file.lines[where]}: {dotted}: the comment {comment!r} does not name "
+                             f"{unnamed} / lists {foreign}; allowed: {' | '.join(allowed)}")
+
+    for name, cls in PROJECT_PARAMS.items():
+        walk(describe_dataclass(cls), file.data[name], (name,))
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_comment_reader_sees_each_form():
+    lines = ["  # above, line one", "  # line two", "  key: 1", "  other: 2   # after # with a hash",
+             "                # and under it", "  choice: a    # a: first | b (second) | c: third"]
+    assert _comment(lines, 3) == "above, line one line two"
+    assert _comment(lines, 4) == "after # with a hash and under it"
+    assert _listed_choices(_comment(lines, 6)) == ["a", "b", "c"]
+    assert _listed_choices("what it retracts: token (one) | step | retry; recorded") == ["token", "step", "retry"]

@@ -79,7 +79,8 @@ from ruamel.yaml import YAML
 p = YAML(typ="safe").load(open("params.yaml"))
 value = p["prepare"]["rate"] + 0.01 * p["sft"]["seed"]
 pathlib.Path("metrics").mkdir(exist_ok=True)
-json.dump({"sft": {"accuracy": value, "probe": {"plausible": {"detection_auroc": 0.5}}}}, open("metrics/eval.json", "w"))
+metrics = {"sft": {"accuracy": value, "probe": {"plausible": {"detection_auroc": 0.5}}}}
+json.dump(metrics, open("metrics/eval.json", "w"))
 """
 PARAMS = """\
 prepare: {seed: 0, rate: 0.1}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from llmhalluc.datasets.converters import CONVERTERS, PLACEHOLDER
 from llmhalluc.errors import ParamsError
+from llmhalluc.params.provided import provide
 from llmhalluc.params.schema import check_dataclass, nearest
 from llmhalluc.params.sections import param
 from llmhalluc.params.yaml12 import ParamsFile, read_params_file
@@ -73,6 +74,9 @@ def load_registry(path: str | Path) -> tuple[dict[str, DatasetEntry], ParamsFile
     if problems:
         raise ParamsError(problems)
     return entries, file
+
+
+provide("dataset_registry", load_registry)  # the params layer checks prepare.train / prepare.eval against it
 
 
 def _entry_problems(name: str, entry: DatasetEntry, file: ParamsFile, converters: dict) -> list[str]:

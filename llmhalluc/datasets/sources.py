@@ -29,14 +29,19 @@ class RawRow:
     problem: str | None = None
 
 
-def read_rows(source: Source, *, arithmetic: ArithmeticParams, rng: random.Random, wanted: int) -> list[RawRow]:
-    """All rows of a file or hub split; for a generator, enough rows for `wanted` distinct questions."""
+def read_rows(source: Source, *, arithmetic: ArithmeticParams, rng: random.Random, wanted: int,
+              declared: str = "") -> list[RawRow]:
+    """All rows of a file or hub split; for a generator, enough rows for `wanted` distinct questions.
+
+    `declared` says where the source is named (its registry entry and line), for a file that is not there.
+    """
     if source.builtin:
         return _generated(source, arithmetic, rng, wanted)
     if source.path:
         path = Path(source.path)
         if not path.is_file():  # offline, a local copy is the only way in: say how to make one
-            raise DataError(f"{path}: source file not found" + (f"; {source.obtain}" if source.obtain else ""))
+            raise DataError(f"{path}: source file not found" + (f" ({declared})" if declared else "")
+                            + (f"; {source.obtain}" if source.obtain else ""))
         if path.suffix == ".jsonl":
             return list(_jsonl(path))
         if path.suffix == ".json":
@@ -58,7 +63,7 @@ def _jsonl(path: Path) -> Iterator[RawRow]:
             try:
                 data = json.loads(line.rstrip("\r\n"))  # so a column past the end is on this line, not the next
             except json.JSONDecodeError as exc:
-                yield RawRow(where, number, None, f"malformed JSON ({exc.msg} at column {exc.colno})")
+                yield RawRow(where, number, None, f"malformed JSON ({_json_problem(exc)} at column {exc.colno})")
                 continue
             if not isinstance(data, dict):
                 yield RawRow(where, number, None, f"expected a JSON object, got {type(data).__name__}")
@@ -70,12 +75,17 @@ def _json(path: Path) -> list[RawRow]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({_json_problem(exc)} at column {exc.colno})") from exc
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     return [RawRow(f"{path}[{i}]", i, row) if isinstance(row, dict)
             else RawRow(f"{path}[{i}]", i, None, f"expected a JSON object, got {type(row).__name__}")
             for i, row in enumerate(data)]
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """The decoder's reason without its dangling "at" ("Unterminated string starting at"): the caller says where."""
+    return exc.msg.removesuffix(" at")
 
 
 def _has_data_line(path: Path) -> bool:

@@ -50,7 +50,8 @@ def entry_rng(seed: int, name: str, purpose: str) -> random.Random:
 def load_entry(name: str, entry: DatasetEntry, p: PrepareParams, wanted: int, registry: ParamsFile,
                drops: Drops) -> list[Record]:
     """Read and convert one entry's rows, deduplicated by question and shuffled on the entry's own stream."""
-    rows = read_rows(entry.source, arithmetic=p.arithmetic, rng=entry_rng(p.seed, name, "generate"), wanted=wanted)
+    rows = read_rows(entry.source, arithmetic=p.arithmetic, rng=entry_rng(p.seed, name, "generate"), wanted=wanted,
+                     declared=f"registry entry {name}, {registry.where((name, 'source', 'path'))}: {name}.source.path")
     convert = CONVERTERS[entry.converter]
     if not rows:
         raise DataError(f"{entry.source.describe()}: empty source (registry entry {name}, converter "

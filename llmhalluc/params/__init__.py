@@ -5,7 +5,7 @@
     write_resolved(resolved(section, config), out_dir)
 """
 
-from llmhalluc.errors import ParamsError
+from llmhalluc.params.errors import ParamsError
 from llmhalluc.params.loader import load_section
 from llmhalluc.params.resolve import RESOLVED_FILE, resolved, trl_config, write_resolved
 from llmhalluc.params.schema import Section

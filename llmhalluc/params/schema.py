@@ -7,7 +7,8 @@ can be cached as JSON (importing TRL costs ~5 s; an error must show in < 2 s).
 A type is a dict with a tag "t":
   int, float, bool, str, none, any
                          int and float may carry bounds (low, high, low_open,
-                         high_open); str may carry a check (a name in CHECKS)
+                         high_open); str may carry a check (the name a check
+                         is provided under, see provided.py)
   list {item}            dict {value}          (keys are always strings in YAML)
   choice {values}        Literal, Enum, or the allowed values TRL documents
   union {of}             Optional[X], X | Y
@@ -27,14 +28,11 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Literal, Union
 
-from llmhalluc.answers import pattern_problem
-from llmhalluc.errors import ParamsError
+from llmhalluc.params.errors import ParamsError
+from llmhalluc.params.provided import provided
 from llmhalluc.params.yaml12 import KeyPath, ParamsFile
 
 Type = dict[str, Any]
-
-#: A string field's check by name (the name travels in the JSON schema): why the value cannot serve, or None.
-CHECKS = {"answer_pattern": pattern_problem}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +160,8 @@ def _with_limits(field_type: Type, bounds: dict[str, Any] | None, check: str | N
 
 def _limit_problem(t: Type, value: Any) -> str | None:
     """Why a number is outside its type's bounds, or a string fails its check; None when it fits."""
-    if t["t"] == "str":
-        return CHECKS[t["check"]](value) if "check" in t else None
+    if t["t"] == "str":  # a check by name (the name travels in the JSON schema): why the value cannot serve
+        return provided(t["check"])(value) if "check" in t else None
     low, high = t.get("low"), t.get("high")
     if (low is None or (value > low if t["low_open"] else value >= low)) and \
             (high is None or (value < high if t["high_open"] else value <= high)):  # nan fits no bound

@@ -10,11 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from llmhalluc.answers import DEFAULT_PATTERN
-from llmhalluc.backtrack import DEFAULT_TOKEN
+#: Group 1 is the final answer: everything after "The answer is" (any case, an optional colon)
+#: up to the first sentence-ending period (one followed by a space or the end, so "2.50" stays
+#: whole) or the end of the line; it never spans two sentences. Scoped flags only (`(?i:...)`),
+#: so the pattern can be embedded in a larger one, as the format reward does. (llmhalluc.answers reads with it.)
+DEFAULT_PATTERN = r"(?i:the (?:final )?answer is)[ \t]*:?[ \t]*((?:[^.\n]|\.(?!\s|$))+?)[ \t]*(?:\.(?=\s|$)|(?=\n)|$)"
+#: The gold answer of an unanswerable question (also what eval assumes when meta.json predates the key).
+DEFAULT_ABSTAIN = "unanswerable"
+#: The backtrack token's text (llmhalluc.backtrack: what one backtrack retracts).
+DEFAULT_TOKEN = "<|backtrack|>"
 
-#: model_name_or_path of the tiny model built from a seed (a colon never occurs in a hub id).
-BUILTIN_TINY = "builtin:tiny-qwen2"
+#: model_name_or_path prefix of a model built locally from a seed (a colon never occurs in a hub id).
+BUILTIN_PREFIX = "builtin:"
+#: model_name_or_path of the tiny model built from a seed.
+BUILTIN_TINY = f"{BUILTIN_PREFIX}tiny-qwen2"
 #: model_name_or_path prefix naming an installed Python package whose folder holds the model files.
 PACKAGE_PREFIX = "package:"
 
@@ -34,7 +43,7 @@ def param(default, help: str, *, at_least: float | None = None, above: float | N
     """A dataclass field with its one line of help and what values it takes; mutable defaults go through a
     factory.
 
-    The bounds (of a number; the numeric members of a union) and `check` (a name in schema.CHECKS,
+    The bounds (of a number; the numeric members of a union) and `check` (a name in params.provided,
     for a string) are part of the field's type: the loader refuses a value outside them with its
     file:line, as it refuses a wrong type, so no cross-field rule has to repeat them. `read`: the value
     names a path (or a mapping of them) the stage reads, which a run needs to exist (hub ids excepted).
@@ -92,7 +101,7 @@ class PrepareParams:
     train: list[str] = param(["arithmetic"], "registry entries the SFT and GRPO sets are drawn from")
     eval: list[str] = param(["arithmetic"], "registry entries the eval set is drawn from (held out from train)")
     sizes: SplitSizes = param(SplitSizes(), "most examples per prepared set (fewer if the sources run out)")
-    abstain_answer: str = param("unanswerable", "the answer of a question that cannot be answered")
+    abstain_answer: str = param(DEFAULT_ABSTAIN, "the answer of a question that cannot be answered")
     answer_pattern: str = param(DEFAULT_PATTERN, "regex whose group 1 is the final answer (the last match wins); "
                                 "recorded in meta.json for GRPO and eval", check="answer_pattern")
     on_bad_row: Literal["error", "skip"] = param("error", "a row that cannot be converted stops prepare, or is "

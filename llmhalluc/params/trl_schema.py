@@ -31,7 +31,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llmhalluc.outputs import write_atomically
 from llmhalluc.params.schema import FieldSpec, describe_dataclass, with_choices
 
 #: The TRL config class behind each training section.
@@ -67,7 +66,16 @@ def trl_schema(section: str) -> dict[str, FieldSpec]:
         cached = None
     if cached is None:
         cached = derive_all()
-        write_atomically(path, json.dumps(cached))
+        # Written beside and renamed into place: parallel experiments may derive it at once, and a reader must
+        # never see half a file (outputs.write_atomically does the same for the stages' outs; params imports
+        # nothing above it).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            part.write_text(json.dumps(cached), encoding="utf-8")
+            os.replace(part, path)
+        finally:
+            part.unlink(missing_ok=True)
     return {name: FieldSpec(**spec) for name, spec in cached[section].items()}
 
 

@@ -10,6 +10,7 @@ error can point at `params.yaml:42`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from llmhalluc.errors import ParamsError
+from llmhalluc.params.errors import ParamsError
 
 KeyPath = tuple[str | int, ...]
 
@@ -81,9 +82,7 @@ def read_params_file(path: str | Path) -> ParamsFile:
     try:
         root = yaml.load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ParamsError(f"{path}{line}: invalid YAML: {exc.problem}") from exc
+        raise ParamsError(_syntax_problem(path, text, exc)) from exc
     if root is None:
         root = CommentedMap()
     if not isinstance(root, CommentedMap):
@@ -91,3 +90,45 @@ def read_params_file(path: str | Path) -> ParamsFile:
         raise ParamsError(f"{path}: the top level must be a mapping of sections, got {kind}")
     lines: dict[KeyPath, int] = {}
     return ParamsFile(path, _plain(root, (), lines), lines)
+
+
+def _syntax_problem(path: Path, text: str, exc: MarkedYAMLError) -> str:
+    """`file:line: key.path: invalid YAML: why`, the key path read off the text by indentation (it does not parse).
+
+    ruamel names where it stopped and, for most errors, where the construct it was reading began (its
+    context). A block mapping that cannot be closed is named by that mapping, at the line it stopped; a
+    duplicate key, or an error with no context (`a: b: c`), by the key on the line it stopped; anything
+    else (an unclosed `[`, `{` or quote) by the key whose value began it, at that key's line.
+    """
+    mark, context, why = exc.problem_mark, exc.context_mark, exc.context or ""
+    number = mark.line + 1 if mark is not None else None
+    key = _key_path_at(text, number) if number else ()
+    if context is not None and "block mapping" in why:
+        key = _key_path_at(text, context.line + 1)[:-1] or key
+    elif context is not None and "constructing a mapping" not in why:
+        number = context.line + 1
+        key = _key_path_at(text, number)
+    where = f"{path}:{number}" if number else str(path)
+    return f"{where}: {'.'.join(key) + ': ' if key else ''}invalid YAML: {exc.problem}"
+
+
+#: A block-mapping key at the start of a line: plain (up to the first `: `), or quoted.
+_KEY = re.compile(r"""^( *)(?:- +)?([^\s#'"\[{][^#]*?|'[^']*'|"[^"]*")[ \t]*:(?:[ \t]|$)""")
+
+
+def _key_path_at(text: str, number: int) -> tuple[str, ...]:
+    """The key path written on line `number` (1-based) of a block-style YAML text, read by indentation
+    alone; () where the line holds no key."""
+    enclosing: list[tuple[int, str]] = []  # (indent, key) of the `key:` lines that open a mapping around it
+    for at, line in enumerate(text.splitlines()[:number], start=1):
+        match = _KEY.match(line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2).strip("'\"")
+        while enclosing and enclosing[-1][0] >= indent:
+            enclosing.pop()
+        if at == number:
+            return (*(k for _, k in enclosing), key)
+        if not line[match.end():].split(" #")[0].strip():  # `key:` alone opens a nested block
+            enclosing.append((indent, key))
+    return ()

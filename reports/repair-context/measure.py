@@ -75,7 +75,7 @@ def measure(repo: Path, name: str, problems: int) -> dict:
         params["eval"]["own_errors"]["enabled"] = False
         with (work / "params.yaml").open("w") as handle:
             YAML().dump(params, handle)
-        run = subprocess.run([sys.executable, "stages/eval.py"], cwd=work, capture_output=True, text=True)
+        run = subprocess.run([sys.executable, "-m", "stages.eval"], cwd=work, capture_output=True, text=True)
         if run.returncode:
             raise SystemExit(f"{name}: eval failed:\n{run.stderr[-3000:]}")
         metrics = json.loads((work / "metrics/eval.json").read_text())
