@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -69,6 +71,29 @@ def grpo_recorder(monkeypatch) -> dict[str, list]:
 def edit(text: str, old: str, new: str) -> str:
     assert old in text, f"test setup: {old!r} not in params.yaml"
     return text.replace(old, new, 1)
+
+
+def set_params(text: str, values: dict[str, Any]) -> str:
+    """params text with each dotted key set to a Python value, every other line as it was.
+
+    For values whose text a plain edit() cannot count on: a list may be written flow or block style
+    and a long string folded (the layout `dvc exp run -S` writes back), so tests set those by key.
+    """
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.preserve_quotes, yaml.width = True, 4096
+    data = yaml.load(text)
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        assert last in node, f"test setup: no key {key} in params.yaml"
+        node[last] = value
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
 
 
 def run_stage_script(stage: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, edit, run_stage_script
+from tests.conftest import ROOT, edit, run_stage_script, set_params
 from tests.outs import run_in_process, stray_staging, tree
 
 GOOD = [{"question": "How many apples?", "answer": "2 + 2 = 4.\n#### 4"},
@@ -80,7 +80,7 @@ def params_for(params_text: str, entry: str, on_bad_row: str = "error") -> str:
     params = edit(params_text, "    sft: 1500 ", "    sft: 3 ")
     params = edit(params, "    grpo: 128 ", "    grpo: 1 ")
     params = edit(params, "    eval: 200 ", "    eval: 2 ")
-    params = edit(params, "  train: [arithmetic] ", f"  train: [{entry}, arithmetic] ")
+    params = set_params(params, {"prepare.train": [entry, "arithmetic"]})
     return edit(params, "  on_bad_row: error ", f"  on_bad_row: {on_bad_row} ")
 
 

@@ -216,8 +216,8 @@ def _assert_earlier_outs(root: Path) -> None:
         ("    s/ft: models/a\n", {}, ["eval.models.s/ft: a model name must be"]),
         ("    sft: models/a\n", {"  include_base: false ": "  include_base: true ", "  base_from: models/sft ":
                                  "  base_from: models/a "}, ["eval.include_base", "records no base model"]),
-        ("    sft: models/a\n", {"    k: [1, 4] ": "    k: [1, 8] "},
-         ["eval.sampled.k: each k must be in 1..eval.sampled.n (4), got 8"]),
+        ("    sft: models/a\n", {"    n: 4 ": "    n: 3 "},  # k: [1, 4] stays
+         ["eval.sampled.k: each k must be in 1..eval.sampled.n (3), got 4"]),
         ("    sft: models/a\n", {"    positions: all ": "    positions: al "},
          ["eval.probe.positions", "did you mean 'all'?"]),
         ("    sft: models/a\n", {"    enabled: true               # detection": "    enabeld: true  # detection"},

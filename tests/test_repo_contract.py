@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 
+import pytest
 from ruamel.yaml import YAML
 
 from llmhalluc.params import load_section
-from tests.conftest import ROOT, dvc_yaml
+from tests.conftest import ROOT, dvc_yaml, load_script
 
 STAGE_SECTION = {"prepare": "prepare", "train_sft": "sft", "train_grpo": "grpo", "merge": "merge", "eval": "eval"}
 
@@ -64,6 +66,13 @@ def test_a_path_set_in_params_moves_the_out_and_every_edge_to_it(tmp_path):
     assert "runs/a/plots/diagnostics.csv" in plotted and not any(p.startswith("plots/eval") for p in plotted)
 
 
+def _pip_install_args(command: str) -> list[str]:
+    """The arguments of the `pip install` step of a README command line."""
+    steps = [shlex.split(step) for step in command.split("&&")]
+    [args] = [step[2:] for step in steps if step[:2] == ["pip", "install"]]
+    return args
+
+
 def test_ci_runs_the_readme_test_command_as_written():
     readme = (ROOT / "README.md").read_text()
     commands = re.findall(r"^(python3 -m venv .*)$", readme, re.MULTILINE)
@@ -71,6 +80,43 @@ def test_ci_runs_the_readme_test_command_as_written():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci
     assert "ruff check ." in ci and ci.index("ruff check .") < ci.index(commands[1]), "CI lints before the tests"
+    # both install the CPU torch, and CI checks the test command's install (a superset of the pipeline's)
+    install, test_install = (_pip_install_args(c) for c in commands)
+    assert install[:2] == test_install[:2] == ["-r", "requirements/cpu.txt"]
+    [check] = [shlex.split(line) for line in ci if ".ci/check_cpu_install.py" in line]
+    assert check[2:] == test_install
+
+
+def test_the_cpu_requirements_pin_a_cpu_torch_that_pyproject_admits():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from packaging.requirements import Requirement
+
+    lines = [line for line in (ROOT / "requirements" / "cpu.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    [torch] = [Requirement(line) for line in lines if line.startswith("torch")]
+    [pin] = torch.specifier
+    assert pin.operator == "==" and pin.version.endswith("+cpu")
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    [declared] = [Requirement(d) for d in dependencies if Requirement(d).name == "torch"]
+    assert declared.specifier.contains(pin.version), f"{pin} is outside pyproject's torch{declared.specifier}"
+
+
+def test_the_cpu_install_check_names_what_a_gpu_build_brings():
+    """.ci/check_cpu_install.py on pip reports: CUDA runtime packages, triton and a +cu / +rocm torch are refused."""
+    check = load_script(".ci/check_cpu_install.py")
+
+    def report(*packages: str) -> dict:
+        return {"install": [{"metadata": {"name": n, "version": v}} for n, v in (p.split() for p in packages)]}
+
+    cpu = ("torch 2.13.0+cpu", "nvidia-ml-py 13.615.71", "numpy 2.4.6", "dvclive 3.49.1")
+    assert check.cuda_packages(report(*cpu)) == []
+    assert check.cuda_packages(report("torch 2.13.0", "numpy 2.4.6")) == []  # macOS: PyPI's torch has no CUDA
+    assert check.cuda_packages(report(*cpu, "nvidia-cublas 13.1.1.3", "triton 3.8.0", "cuda_bindings 13.5.0")) == [
+        "nvidia-cublas 13.1.1.3", "triton 3.8.0", "cuda-bindings 13.5.0"]
+    assert check.cuda_packages(report("torch 2.13.0+cu128", "pytorch-triton-rocm 3.4.0")) == [
+        "torch 2.13.0+cu128", "pytorch-triton-rocm 3.4.0"]
+    assert check.cuda_packages(report("torch 2.13.0+rocm6.4")) == ["torch 2.13.0+rocm6.4"]
 
 
 def test_the_schema_defaults_are_the_values_params_yaml_spells_out():
