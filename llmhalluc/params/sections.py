@@ -141,7 +141,7 @@ class LauncherParams:
     """How the stage's training process starts."""
 
     kind: Literal["python", "accelerate"] = param("python", "python: this process | accelerate: accelerate launch")
-    num_processes: int = param(1, "processes the trainer runs on, all machines together (GRPO batch checks use it)",
+    num_processes: int = param(1, "processes the trainer runs on, all machines together",
                                at_least=1)
     config_file: str | None = param(None, "accelerate config for kind accelerate (configs/accelerate/*.yaml)")
     main_process_port: int | None = param(None, "rendezvous port; unset: a free port, so parallel runs never clash",
