@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmhalluc.lineage import Lineage
+
 DEFAULT_TOKEN = "<|backtrack|>"
 UNITS = ("token", "step", "retry")
 DEFAULT_UNIT = "token"  # a model without lineage, or whose lineage predates the unit, was trained per token
@@ -144,29 +146,24 @@ def render_error(unit: str, error_ids: Sequence[int], backtrack_id: int) -> list
     return [backtrack_id] * (len(error_ids) if unit == "token" else 1)
 
 
-def unit_of(lineage: Mapping[str, Any] | None) -> str:
+def unit_of(lineage: Lineage | Mapping[str, Any] | None) -> str:
     """The retraction unit a model was trained with: its own lineage's, else its nearest ancestor's, else token.
 
-    train_sft records it; train_grpo and merge copy it, and walking the parent
-    chain also covers a folder written before they did. A model without lineage
-    (a hub model) is `token`, the original design.
+    train_sft records it; train_grpo and merge copy it, and the nearest record up the parent
+    chain also covers a folder written before they did. A model without lineage (a hub model)
+    is `token`, the original design.
     """
-    node = lineage
-    while node:
-        recorded = node.get("retraction")
-        if isinstance(recorded, Mapping) and recorded.get("unit") is not None:
-            unit = recorded["unit"]
-            if unit not in UNITS:
-                from llmhalluc.errors import DataError
+    unit = Lineage.of(lineage).nearest("retraction", "unit")
+    if unit is None:
+        return DEFAULT_UNIT
+    if unit not in UNITS:
+        from llmhalluc.errors import DataError
 
-                raise DataError(f"lineage.json: retraction unit {unit!r} is not one of {', '.join(UNITS)}")
-            return str(unit)
-        parent = node.get("parent")
-        node = parent.get("lineage") if isinstance(parent, Mapping) else None
-    return DEFAULT_UNIT
+        raise DataError(f"lineage.json: retraction unit {unit!r} is not one of {', '.join(UNITS)}")
+    return str(unit)
 
 
-def retraction_for(tokenizer: Any, backtrack_id: int, lineage: Mapping[str, Any] | None = None,
+def retraction_for(tokenizer: Any, backtrack_id: int, lineage: Lineage | Mapping[str, Any] | None = None,
                    unit: str | None = None) -> Retraction:
     """The Retraction of a model: its unit (given, else from its lineage) over its tokenizer's decode."""
     def decode(ids: Sequence[int]) -> str:

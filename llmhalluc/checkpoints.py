@@ -41,6 +41,18 @@ def fingerprint(resolved_params: dict[str, Any], inputs: dict[str, Any]) -> dict
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "inputs": inputs}
 
 
+def model_identity(folder: str | Path) -> str:
+    """A start model's part of the fingerprint: its safetensors files by content (a new SFT model is a new
+    run); a name that is no folder (a hub id) stands for itself."""
+    from llmhalluc.lineage import file_sha256
+
+    path = Path(folder)
+    if not path.is_dir():
+        return str(folder)
+    files = sorted(path.rglob("*.safetensors"))
+    return ",".join(f"{f.relative_to(path)}:{file_sha256(f)}" for f in files)
+
+
 def is_complete(checkpoint: Path) -> bool:
     """A checkpoint the Trainer finished writing: trainer state (written last) parses, weights and optimizer exist."""
     state = checkpoint / "trainer_state.json"

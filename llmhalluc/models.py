@@ -25,7 +25,7 @@ import torch
 from llmhalluc import hardware
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.errors import DataError, ParamsError
-from llmhalluc.lineage import base_location, read_lineage
+from llmhalluc.lineage import Lineage
 from llmhalluc.params.sections import PACKAGE_PREFIX, Dtype, TinyModelParams
 from llmhalluc.trl_compat import peft_spelling_quiet
 
@@ -358,6 +358,21 @@ def add_backtrack_token(
 _DTYPES = {name: getattr(torch, name) for name in typing.get_args(Dtype)}  # the params names, as torch dtypes
 
 
+def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
+    """The id of token in the tokenizer's vocabulary, None when it has no such token (unknown is no answer)."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if found is None or found == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
+        return None
+    return found
+
+
+def vocab_rows(model: PreTrainedModel) -> int:
+    """Rows of the model's input embedding matrix (under a peft adapter, the base model's): what a rebuilt
+    base is resized to before the adapter applies (lineage's vocab_rows)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_input_embeddings().weight.shape[0]
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
     """Map a params dtype name to torch; "auto" is bfloat16 where the GPU supports it, else float32."""
     if dtype == "auto":
@@ -465,9 +480,9 @@ def load_model_and_tokenizer(
             f"{name_or_path!r} is a builtin model: build it with build_tiny_model and load the directory it returns"
         )
     name_or_path = model_location(name_or_path)
-    lineage = read_lineage(name_or_path) if Path(name_or_path).is_dir() else None
+    lineage = Lineage.read(name_or_path)
     options = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code}
-    if lineage is not None and lineage["kind"] == "lora":
+    if lineage.kind == "lora":
         model = load_adapter_stack(name_or_path, lineage, **options)
     else:
         model = _load_plain(name_or_path, revision=revision, **options)
@@ -489,33 +504,33 @@ def _load_plain(name_or_path: str, *, dtype: str, attn_implementation: str | Non
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
 
 
-def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedModel:
+def adapter_parent(folder: str | Path, lineage: Lineage | dict, **options) -> PreTrainedModel:
     """The plain model an adapter folder was trained on: its parent stage's model, else its base.
 
     Embeddings are sized to the rows the adapter expects (the backtrack token was added
     before training); the new token's rows come from the adapter's trainable tokens.
     """
-    parent = lineage.get("parent")
-    if parent:
-        path = Path(parent["path"])
-        if not path.is_dir():
-            raise DataError(f"{Path(folder) / 'lineage.json'}: parent model {str(path)!r} is missing; "
+    lineage = Lineage.of(lineage, folder)
+    parent = lineage.parent
+    if parent is not None:
+        if not Path(parent.folder).is_dir():
+            raise DataError(f"{Path(folder) / 'lineage.json'}: parent model {parent.folder!r} is missing; "
                             "rerun the stage that wrote it (dvc repro)")
-        model, _ = load_model_and_tokenizer(str(path), **options)
+        model, _ = load_model_and_tokenizer(parent.folder, **options)
     else:
-        name, revision = base_location(folder, lineage)
-        gguf = (lineage.get("base") or {}).get("gguf")
+        name, revision = lineage.base_location()
+        gguf = lineage.base.get("gguf")
         if gguf:  # the dequantized cache, made again from the same GGUF file if it is gone
             name = str(dequantized_gguf(name, gguf["file"], expect_sha256=gguf["sha256"])[0])
         model = _load_plain(name, revision=revision, **options)
     refuse_quantised(model, str(folder))
-    rows = lineage.get("vocab_rows")
+    rows = lineage.vocab_rows
     if rows and model.get_input_embeddings().weight.shape[0] != rows:
         model.resize_token_embeddings(rows, mean_resizing=False)
     return model
 
 
-def load_adapter_stack(folder: str | Path, lineage: dict, *, merge: bool = True, **options):
+def load_adapter_stack(folder: str | Path, lineage: Lineage | dict, *, merge: bool = True, **options):
     """Parent model + this folder's adapter; merged into plain weights unless ``merge=False`` (a PeftModel)."""
     from peft import PeftModel
 

@@ -10,7 +10,6 @@ token and chat template, and a README.md model card recording how it was built.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -31,50 +30,32 @@ def main(section: Section) -> None:
     from llmhalluc.backtrack import unit_of
 
     p = section.project
-    source = Path(p.model_dir)
-    upstream = lineage.read_lineage(source)
+    source = lineage.Lineage.read(Path(p.model_dir))
     # float32 for the merge itself: adding a low-rank update in bf16 rounds most of it away.
-    model, tokenizer = models.load_model_and_tokenizer(str(source), dtype="float32")
-    models.refuse_quantised(model, str(source))
+    model, tokenizer = models.load_model_and_tokenizer(source.folder, dtype="float32")
+    models.refuse_quantised(model, source.folder)
     model.to(getattr(torch, p.dtype))
     params = resolved(section)
+    merged = {"stage": "merge", "kind": "full", **source.child(
+        p.out_dir, data=source.data, token=source.backtrack_token or DEFAULT_TOKEN, token_id=source.backtrack_id,
+        unit=unit_of(source),  # eval resolves the merged model as it was trained
+        vocab_rows=models.vocab_rows(model)), **lineage.git_state(), "params": params}
 
     with staged_output(p.out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         write_resolved(params, staging)
-        merged = {
-            "stage": "merge", "kind": "full",
-            "backtrack_token": upstream["backtrack_token"] if upstream else DEFAULT_TOKEN,
-            "backtrack_id": upstream.get("backtrack_id") if upstream else None,
-            "retraction": {"unit": unit_of(upstream)},  # eval resolves the merged model as it was trained
-            "vocab_rows": model.get_input_embeddings().weight.shape[0],
-            "base": _base_for(source, p.out_dir, upstream),
-            "parent": {"path": str(source), "lineage": upstream},
-            "data": upstream.get("data") if upstream else None,
-            **lineage.git_state(), "params": params,
-        }
         lineage.write_lineage(staging, merged)
         (staging / "README.md").write_text(model_card(merged), encoding="utf-8")
-    kinds = " -> ".join(f"{node['stage']} ({node['kind']})" for node in lineage.chain(merged))
+    kinds = " -> ".join(f"{node['stage']} ({node['kind']})" for node in lineage.Lineage(merged).chain())
     print(f"merge: {kinds} -> {p.out_dir} ({p.dtype})")
-
-
-def _base_for(source: Path, out_dir: str, upstream: dict | None) -> dict:
-    """The base record, its path (a copy inside an upstream folder) re-pointed relative to out_dir."""
-    if not upstream:
-        return {"name_or_path": str(source), "path": None, "revision": None}
-    base = dict(upstream["base"])
-    if base.get("path"):
-        base["path"] = os.path.relpath(source / base["path"], out_dir)
-    return base
 
 
 def model_card(merged: dict) -> str:
     """README.md: what the model is, how to load it, and exactly how it was built."""
-    from llmhalluc.lineage import chain, hub_id
+    from llmhalluc.lineage import Lineage, hub_id
 
-    nodes = chain(merged)
+    nodes = Lineage(merged).chain()
     base = merged["base"]
     hub_base = hub_id(base)  # a local path or a GGUF is no hub id: the card then names no base_model
     front = ["---", "library_name: transformers", "tags: [llmhalluc, backtracking, trl, grpo]"]

@@ -20,7 +20,7 @@ from llmhalluc.datasets.step_check import check_value_span
 from llmhalluc.diagnostics.scores import auroc, mean
 from llmhalluc.diagnostics.teacher_forcing import cross_fitted_scores, next_token_stats, pad_id, read_sequences
 from llmhalluc.evaluation import share
-from llmhalluc.lineage import nearest
+from llmhalluc.lineage import Lineage
 
 #: score(assistant ids, record) -> evaluation.score's row for that completion.
 Scorer = Callable[[Sequence[int], Record], dict[str, Any]]
@@ -109,11 +109,10 @@ def probe_items(tokenizer: Any, records: Sequence[Record], *, backtrack_id: int,
     return items
 
 
-def trained_kind(lineage: dict[str, Any] | None) -> str:
+def trained_kind(lineage: Lineage | dict[str, Any] | None) -> str:
     """The kind of wrong step a model was trained on (its lineage's `mistakes`, as train_sft copied it from
     prepare's meta.json), else plausible (a model without lineage, or trained before the ladder)."""
-    recorded = nearest(lineage, "mistakes")
-    return recorded.get("kind", "plausible") if isinstance(recorded, dict) else "plausible"
+    return Lineage.of(lineage).nearest("mistakes", "kind") or "plausible"
 
 
 def reachability(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, unit: str,
