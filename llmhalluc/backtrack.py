@@ -227,3 +227,36 @@ def encode_example(
     input_ids += list(end_ids)
     labels += list(end_ids)
     return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_records(records: Sequence[Any], tokenizer: Any, backtrack_id: int, *, mask_errors: bool,
+                   unit: str = DEFAULT_UNIT) -> tuple[list[dict[str, list[int]]], list[int]]:
+    """input_ids + labels per record, in the chat template the model will be prompted with, and each prompt's length.
+
+    unit is the retraction unit (sft.backtrack.unit): how many backtracks follow an error, and
+    for step / retry a check that each example resolves to its clean completion (DataError naming
+    the record otherwise: training on data the unit cannot resolve would teach the wrong thing).
+
+    The labels (-100 off the loss) are what SFTTrainer trains on: a `labels` column is used
+    as is (tests/test_train_sft.py checks the collated batch). train_sft's records (datasets.records.Record).
+    """
+    end_ids = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False)  # the end of turn (use_end_of_turn)
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
+    examples, prompt_lengths = [], []
+    for r in records:
+        prompt_ids = tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False)
+        prompt_lengths.append(len(prompt_ids))
+        try:
+            examples.append(encode_example(prompt_ids, r.steps, r.answer_sentence(),
+                                           [(e.step, e.text) for e in r.errors], tokenize, backtrack_id,
+                                           end_ids, mask_errors=mask_errors, retraction=retraction))
+        except ValueError as exc:
+            from llmhalluc.errors import DataError
+
+            raise DataError(f"sft.backtrack.unit {unit}: record {r.id}: {exc}") from exc
+    return examples, prompt_lengths

@@ -104,9 +104,15 @@ def resume_point(output_dir: str | Path, run: dict[str, Any], log=print) -> str 
 
 
 def clean(output_dir: str | Path) -> None:
-    """After a finished run: its checkpoints and fingerprint are no longer needed (the model is in model_dir)."""
+    """After a finished run: its checkpoints, fingerprint and shard records are no longer needed (the model is in
+    model_dir), nor are those of a pass it ran in a folder of its own under output_dir (a fingerprint marks one:
+    train_sft's first own-errors pass in `clean/`)."""
     folder = Path(output_dir)
     for path in checkpoints(folder):
         shutil.rmtree(path)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_dir() and (path / FINGERPRINT_FILE).is_file():
+                shutil.rmtree(path)
     (folder / FINGERPRINT_FILE).unlink(missing_ok=True)
     shutil.rmtree(folder / SHARDS_DIR, ignore_errors=True)  # the ranks' first-batch records, now in lineage

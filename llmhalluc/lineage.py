@@ -259,6 +259,18 @@ def length_record(examples: list[dict[str, list[int]]], prompt_lengths: list[int
     }
 
 
+def warn_if_truncated(lengths: dict[str, int], max_length: int | None, examples: int,
+                      log: Callable[[str], None]) -> bool:
+    """Warn when sft.max_length cuts SFT examples (length_record's count): their ends, answer and end of turn
+    included, are not trained on."""
+    if not lengths["truncated_examples"]:
+        return False
+    log(f"warning: sft.max_length {max_length} cuts {lengths['truncated_examples']} of {examples} SFT examples "
+        f"(longest {lengths['max_example_tokens']} tokens): their ends, answer and end of turn included, are not "
+        "trained on; raise sft.max_length")
+    return True
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:

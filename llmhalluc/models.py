@@ -17,6 +17,7 @@ import os
 import shutil
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,9 @@ import torch
 from llmhalluc import hardware
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.errors import DataError, ParamsError
-from llmhalluc.lineage import Lineage
-from llmhalluc.params.sections import PACKAGE_PREFIX, Dtype, TinyModelParams
+from llmhalluc.launcher import is_main_process
+from llmhalluc.lineage import Lineage, base_record
+from llmhalluc.params.sections import PACKAGE_PREFIX, Dtype, SftParams, TinyModelParams
 from llmhalluc.trl_compat import peft_spelling_quiet
 
 if TYPE_CHECKING:
@@ -72,6 +74,54 @@ CHAT_TEMPLATE = r"""
 def is_builtin(name: str) -> bool:
     """True for names like ``builtin:tiny-qwen2`` that are built locally, not loaded from a hub or a path."""
     return name.startswith(BUILTIN_PREFIX)
+
+
+@dataclass
+class SftStart:
+    """The model train_sft trains: the base loaded, the backtrack token added, and what lineage records of them."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    backtrack_id: int
+    vocab_rows: int  # rows of the embedding matrix the trained weights expect (an adapter's base is resized to it)
+    end_of_turn: str  # the token SFT targets end with, as the chat template ends a turn
+    base: dict  # lineage's base record (base_record)
+    built: Path | None  # the built-in base's folder (under output_dir): the out keeps a copy as `base`
+
+    def adapter_base(self, model_dir: str) -> str:
+        """The base a LoRA adapter names, as a user loads it from the repository root: never a cache folder of this
+        machine (a GGUF base is named as params name it, lineage has the rest)."""
+        return str(Path(model_dir) / "base") if self.built else self.base["name_or_path"]
+
+
+def sft_start(p: SftParams, config: typing.Any, corpus: Sequence[str]) -> SftStart:
+    """Load the base sft.model_name_or_path names (the built-in one built from its seed and the clean corpus first,
+    a GGUF dequantized once; under N processes rank 0 makes either while the others wait, then every rank loads the
+    same folder), add the backtrack token and make targets end as the chat template ends a turn."""
+    name, built = p.model_name_or_path, None
+    if is_builtin(name):
+        built = Path(config.output_dir) / "base"
+        with config.main_process_first(desc="build the tiny base model"):
+            if is_main_process():
+                t = p.tiny_model
+                build_tiny_model(built, corpus, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                                 num_layers=t.num_layers, num_heads=t.num_heads,
+                                 intermediate_size=t.intermediate_size, seed=t.seed)
+        name = str(built)
+    gguf = None
+    if p.gguf_file:  # dequantized once into a cache folder keyed by the file's sha256
+        with config.main_process_first(desc="dequantize the GGUF base"):
+            folder, gguf = dequantized_gguf(name, p.gguf_file)
+        name = str(folder)
+    model, tokenizer = load_model_and_tokenizer(
+        name, dtype=p.dtype, attn_implementation=None if p.attn_implementation == "auto" else p.attn_implementation,
+        trust_remote_code=config.trust_remote_code,
+    )
+    backtrack_id = add_backtrack_token(model, tokenizer, p.backtrack.token, p.backtrack.init,
+                                       noise_std=p.backtrack.noise_std, seed=config.seed)
+    return SftStart(model, tokenizer, backtrack_id, vocab_rows(model), use_end_of_turn(model, tokenizer),
+                    base_record(p.model_name_or_path, saved_as="base" if built else None, loaded_from=name, gguf=gguf),
+                    built)
 
 
 # --------------------------------------------------------------------------- tiny model

@@ -44,7 +44,7 @@ def main(section: Section) -> None:
     from llmhalluc.backtrack import unit_of
     from llmhalluc.errors import DataError
     from llmhalluc.rewards import AnswerJudge, build_rewards, resolve_max_backtracks
-    from llmhalluc.trainers import fit, publish
+    from llmhalluc.trainers import Run, fit, publish
     from llmhalluc.training import lora_config, seed_everything, with_adapter, with_rollout_bias
 
     p = section.project
@@ -83,11 +83,10 @@ def main(section: Section) -> None:
                           processing_class=tokenizer)
     data = lineage.data_record(data_file)
     identity = {"data": data["sha256"], "start": checkpoints.model_identity(start.folder)}  # a new SFT model: a new run
-    result, shards = fit(trainer, config, params, identity, LIVE_DIR, "train_grpo",
-                         completions=LIVE_DIR / "completions")
+    run = Run("train_grpo", config, params, identity, LIVE_DIR)
+    result, shards = fit(trainer, run, completions=LIVE_DIR / "completions")
 
-    publish(trainer, tokenizer, config, params, p.model_dir, "train_grpo", lora=p.lora.enabled,
-            adapter_base=start.folder, shards=shards,
+    publish(trainer, tokenizer, run, p.model_dir, lora=p.lora.enabled, adapter_base=start.folder, shards=shards,
             record=start.child(p.model_dir, data=data, token=token, token_id=backtrack_id, unit=unit,
                                vocab_rows=models.vocab_rows(trainer.model),
                                rollout_backtrack_bias=p.rollout_backtrack_bias))  # of the rollouts, never the model

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmhalluc.backtrack import IGNORE_INDEX
+from llmhalluc.backtrack import IGNORE_INDEX, encode_records
 from llmhalluc.datasets.records import Error, Record, chat_prompt
 from llmhalluc.lineage import folder_sha256
 from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
-from tests.tiny_project import TINY, run, stage_module
+from tests.tiny_project import TINY, run
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_trained_positions(tmp_path: Path, mask_errors: bool) -> None:
     bt = add_backtrack_token(model, tokenizer)
     record = Record(id="r1", question="Start with 8. Add 4.", steps=["8 + 4 = 12."], answer="12",
                     errors=[Error(step=0, text="8 + 4 = 13.")], prompt=chat_prompt("Start with 8. Add 4.", "Solve."))
-    example = stage_module("train_sft").encode_records([record], tokenizer, bt, mask_errors=mask_errors)[0][0]
+    example = encode_records([record], tokenizer, bt, mask_errors=mask_errors)[0][0]
 
     args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, report_to="none",
                      use_cpu=True, bf16=False, max_length=256)

@@ -153,6 +153,42 @@ def reachability(model: Any, tokenizer: Any, records: Sequence[Record], *, backt
     }
 
 
+class Reachability:
+    """sft.backtrack.report_problems: the reach of the token on the first records as prepared, as initialised
+    (`before`, given the first pass's trainer before it trains) and after training (`after`). Off (false) with no
+    records, or once a trainer's parameters are sharded (ZeRO-3 / FSDP: no plain forward pass)."""
+
+    def __init__(self, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, unit: str, seed: int,
+                 batch_size: int) -> None:
+        self.tokenizer, self.records = tokenizer, list(records)
+        self.options = {"backtrack_id": backtrack_id, "unit": unit, "seed": seed, "batch_size": batch_size}
+        self.measured: dict[str, Any] = {}  # before / after, as lineage and the metrics summary record them
+        self.on = bool(self.records)
+
+    def __bool__(self) -> bool:
+        return self.on
+
+    def before(self, trainer: Any) -> None:
+        from llmhalluc.launcher import print_once
+        from llmhalluc.training import sharded
+
+        if not self.on or "before" in self.measured:
+            return
+        if sharded(trainer):
+            self.on = False
+            print_once("note: sft.backtrack.report_problems: P(backtrack) is not measured under ZeRO-3 / FSDP")
+            return
+        self.measured["before"] = reachability(trainer.model, self.tokenizer, self.records, **self.options)
+
+    def after(self, model: Any) -> dict[str, Any]:
+        self.measured["after"] = reachability(model, self.tokenizer, self.records, **self.options)
+        return self.measured["after"]
+
+    def record(self) -> dict[str, Any]:
+        """{"backtrack_reachability": {...}} for the lineage and the metrics summary while on, else nothing."""
+        return {"backtrack_reachability": self.measured} if self.on else {}
+
+
 def probe_positions(step_count: int, positions: list[int] | str) -> list[int]:
     """The step indexes a record is probed at: all, or each listed index (negative from the end) that exists."""
     if positions == "all":
