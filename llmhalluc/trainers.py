@@ -20,6 +20,7 @@ from llmhalluc.launcher import is_main_process, print_once, rank, say, world_siz
 from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import write_resolved
 from llmhalluc.training import save_adapter, scale_backtrack_update
+from llmhalluc.trl_compat import skip_checkpoint_card
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ def fit(trainer: Any, run: Run, *, summary: dict | None = None, completions: Pat
                     last_step=last_step)
     if completions is not None and is_main_process():
         trainer.add_callback(tracking.CompletionsTable(trainer, completions, resume_step=resume_step))
+    skip_checkpoint_card(trainer)  # TRL's placeholder model card, rewritten at every save, is no part of a run
     announce_shard(trainer, run.stage)
     result = trainer.train(resume_from_checkpoint=last)
     return result, collect_shards(trainer)
