@@ -5,7 +5,9 @@ Every model folder the pipeline writes (models/sft, models/grpo, models/merged) 
 "a stage knows the previous stage only through its outs on disk"), so it carries what a
 rebuild needs — the base (id or path, and revision), the kind of weights in the folder
 (``full`` or a ``lora`` adapter), the parent model an adapter applies to — and what a reader
-needs to trust a result: data hash, git commit, resolved params of the stage.
+needs to trust a result: data hash, library versions, resolved params of the stage. The git
+commit a stage ran at is the run record beside the folder (``models/sft.run.json``, write_run):
+inside, it would change the folder's hash whenever the same weights are rebuilt at a new commit.
 
 Layout (keys other stages rely on are marked *)::
 
@@ -25,7 +27,6 @@ Layout (keys other stages rely on are marked *)::
                                     # leave room for, and the most backtracks one example carried
      "rollout_backtrack_bias": 0.0, # train_grpo: the backtrack logit bias of its rollouts (never of the model)
      "end_of_turn": "<|im_end|>",   # train_sft: the token SFT targets end with (the chat template's)
-     "git_commit": "..." | null, "git_dirty": bool | null,
      "versions": {"torch": "2.13.0+cpu", "transformers": ..., "trl": ..., "peft": ..., ...},
      "params": {...resolved params of the stage...}}
 
@@ -122,6 +123,15 @@ class Lineage:
     @property
     def data(self) -> dict[str, Any] | None:
         return self.record.get("data")
+
+    @property
+    def run(self) -> dict[str, Any]:
+        """The run record beside the folder (write_run: commit, dirty), {} when there is none. An older folder
+        holds git_commit / git_dirty in its lineage.json itself."""
+        path = run_path(self.folder) if self.folder else None
+        if path is None or not path.is_file():
+            return {k: self.record[k] for k in ("git_commit", "git_dirty") if k in self.record}
+        return json.loads(path.read_text(encoding="utf-8"))
 
     @property
     def parent(self) -> Lineage | None:
@@ -284,8 +294,15 @@ def data_record(path: str | Path) -> dict[str, str]:
     return {"path": str(path), "sha256": file_sha256(path)}
 
 
+#: What the pipeline itself writes into a checkout: DVC's lock and the .gitignore entries it adds for outs, the
+#: metrics, curves and plots (git-tracked in older checkouts; the outs themselves are git-ignored). A change
+#: there is a run's result, not a change to the code or params that ran, so it does not make a run dirty.
+PIPELINE_WRITES = ("dvc.lock", "dvclive", "metrics", "plots", "**/.gitignore")
+
+
 def git_state(cwd: str | Path = ".") -> dict[str, Any]:
-    """The commit the code ran at (None outside a git checkout) and whether tracked files differed from it."""
+    """The commit the code ran at (None outside a git checkout) and whether tracked files other than the
+    pipeline's own writes (PIPELINE_WRITES) differed from it."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
@@ -294,8 +311,35 @@ def git_state(cwd: str | Path = ".") -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
+    ignored = [f":(top,exclude,glob){path}" if "*" in path else f":(top,exclude){path}" for path in PIPELINE_WRITES]
+    dirty = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                                 *ignored))
     return {"git_commit": commit, "git_dirty": dirty}
+
+
+#: Beside a model folder (models/sft -> models/sft.run.json): the run record, see write_run.
+RUN_SUFFIX = ".run.json"
+
+
+def run_path(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    return out.with_name(out.name + RUN_SUFFIX)
+
+
+def write_run(out_dir: str | Path, stage: str) -> Path:
+    """The run record of a model folder: the stage, the commit it ran at and whether the code or params differed
+    from it (git_state), in `<out_dir>.run.json`, its own out in dvc.yaml.
+
+    Beside the folder, not in it: the folder's content hash (what DVC compares for the stages after it) then
+    depends on the weights and what made them, never on when they were made, so the same weights rebuilt at
+    another commit leave train_grpo, merge and eval as they were. dvc checkout and the run-cache restore it
+    with the folder it describes.
+    """
+    from llmhalluc.outputs import write_atomically
+
+    path = run_path(out_dir)
+    write_atomically(path, json.dumps({"stage": stage, **git_state()}, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def hub_revision(name_or_path: str, cache_dir: str | Path | None = None) -> str | None:

@@ -3,8 +3,14 @@
 A Run is what both need of the stage (its name, TRL config, resolved params, the inputs that identify
 it, where its curves go). fit resumes the same run's last complete checkpoint (a killed run continues;
 a changed run starts over), logs to DVCLive and trains; publish writes the trained model, its tokenizer,
-the resolved params and the lineage into the staged out, and clears the run's scratch once the out is in
-place. SftTraining builds each pass's SFT trainer.
+the resolved params and the lineage into the staged out, the curves into the folder dvc.yaml declares and
+the run record beside the model, and clears the run's scratch once they are in place. SftTraining builds
+each pass's SFT trainer.
+
+The scratch is output_dir (checkpoints/<stage>): the checkpoints, the run's fingerprint, the curves as
+they are written. It is no DVC out: `dvc repro` leaves it alone, so a killed run resumes with its curves,
+and the stage's outs (model, curves, run record) are all cached and never persisted, so DVC keeps a
+run-cache entry for the stage (persist: true would rule that out) and `dvc checkout` restores every one.
 """
 
 from __future__ import annotations
@@ -31,15 +37,21 @@ class Run:
     config: Any  # the TRL config the trainer gets (output_dir: the checkpoints)
     params: dict  # the resolved params: recorded with the model, and (less NEUTRAL_KEYS) the run's identity
     identity: dict  # the inputs' hashes (data, base / start model, ...): with the params, what resumes
-    live_dir: Path  # the DVCLive folder dvc.yaml declares
+    live_dir: Path  # the DVCLive folder dvc.yaml declares: the curves appear there when the model is published
+    work_dir: Path | None = None  # where DVCLive writes while training (default output_dir/dvclive): a pass of
+                                  # the run keeps the run's, and a killed run's curves are there when it resumes
+
+    def __post_init__(self) -> None:
+        if self.work_dir is None:
+            object.__setattr__(self, "work_dir", Path(self.config.output_dir) / checkpoints.CURVES_DIR)
 
 
-def fit(trainer: Any, run: Run, *, summary: dict | None = None, completions: Path | None = None,
+def fit(trainer: Any, run: Run, *, summary: dict | None = None, completions: bool = False,
         step_offset: int = 0, last_step: int | None = None, reload_finished: bool = False) -> tuple[Any, Any]:
     """Train, resuming the checkpoint of this run (params + identity: data, start model) if one is left.
 
     Returns TRL's TrainOutput and, under N processes, each rank's first batch (collect_shards).
-    completions: where GRPO's per-step completions tables go (rank 0). A run trained in passes logs
+    completions: GRPO's per-step completions tables too (rank 0). A run trained in passes logs
     a pass's steps after step_offset; last_step: where a pass that another follows ends (tracking.attach).
     reload_finished: if this run's last checkpoint is its last step, load its weights and train nothing
     (returns (None, None)): transformers, resumed at max_steps, would train one batch more.
@@ -53,10 +65,11 @@ def fit(trainer: Any, run: Run, *, summary: dict | None = None, completions: Pat
         print_once(f"resume: {last} is this run's last step: loading it, nothing left to train")
         trainer._load_from_checkpoint(last)  # transformers' own loader: full weights or the adapter
         return None, None
-    tracking.attach(trainer, run.live_dir, resume_step=resume_step, summary=summary, step_offset=step_offset,
+    tracking.attach(trainer, run.work_dir, resume_step=resume_step, summary=summary, step_offset=step_offset,
                     last_step=last_step)
-    if completions is not None and is_main_process():
-        trainer.add_callback(tracking.CompletionsTable(trainer, completions, resume_step=resume_step))
+    if completions and is_main_process():
+        trainer.add_callback(tracking.CompletionsTable(trainer, run.work_dir / tracking.COMPLETIONS_DIR,
+                                                       resume_step=resume_step))
     skip_checkpoint_card(trainer)  # TRL's placeholder model card, rewritten at every save, is no part of a run
     announce_shard(trainer, run.stage)
     result = trainer.train(resume_from_checkpoint=last)
@@ -71,7 +84,8 @@ def publish(trainer: Any, tokenizer: Any, run: Run, out_dir: str, *, lora: bool,
     full model is saved by the trainer (it gathers ZeRO-3 / FSDP shards onto rank 0). record: what
     Lineage.root / child built. built: folders the run built for the out in its scratch (name inside
     the out -> source: the built-in base), copied in and then removed with the run's checkpoints;
-    files: text files written in (name -> content).
+    files: text files written in (name -> content). Then the curves (tracking.publish) and the run record
+    beside the model (lineage.write_run).
     """
     import shutil
 
@@ -89,11 +103,13 @@ def publish(trainer: Any, tokenizer: Any, run: Run, out_dir: str, *, lora: bool,
             (staging / name).write_text(text, encoding="utf-8")
         write_resolved(run.params, staging)
         lineage.write_lineage(staging, {
-            "stage": run.stage, "kind": "lora" if lora else "full", **record, **lineage.git_state(),
-            "params": run.params, **({"shards": shards} if shards else {}),
+            "stage": run.stage, "kind": "lora" if lora else "full", **record, "params": run.params,
+            **({"shards": shards} if shards else {}),
         })
     trainer.accelerator.wait_for_everyone()  # every rank has copied what it needed from the scratch
     if is_main_process():
+        tracking.publish(run.work_dir, run.live_dir)
+        lineage.write_run(out_dir, run.stage)
         for source in (built or {}).values():
             shutil.rmtree(source)
         checkpoints.clean(run.config.output_dir)

@@ -84,7 +84,7 @@ def main(section: Section) -> None:
     data = lineage.data_record(data_file)
     identity = {"data": data["sha256"], "start": checkpoints.model_identity(start.folder)}  # a new SFT model: a new run
     run = Run("train_grpo", config, params, identity, LIVE_DIR)
-    result, shards = fit(trainer, run, completions=LIVE_DIR / "completions")
+    result, shards = fit(trainer, run, completions=True)
 
     publish(trainer, tokenizer, run, p.model_dir, lora=p.lora.enabled, adapter_base=start.folder, shards=shards,
             record=start.child(p.model_dir, data=data, token=token, token_id=backtrack_id, unit=unit,

@@ -72,7 +72,7 @@ def main(section: Section) -> None:
     summary = {"data": {**lengths, "examples": len(examples)}, **reach.record(), **own.metrics()}  # metrics show
     result, shards = fit(trainer, run, summary=summary, step_offset=own.after_steps)
     if reach:
-        tracking.add_to_summary(LIVE_DIR, {"backtrack_reachability": {"after": reach.after(trainer.model)}})
+        tracking.add_to_summary(run.work_dir, {"backtrack_reachability": {"after": reach.after(trainer.model)}})
 
     publish(trainer, start.tokenizer, run, p.model_dir, lora=p.lora.enabled, shards=shards, files=own.files(),
             adapter_base=start.adapter_base(p.model_dir), built={"base": start.built} if start.built else None,

@@ -120,3 +120,37 @@ def test_records_are_built_once_and_a_child_re_points_the_base(tmp_path: Path) -
     hub = Lineage.read("org/model").child("models/grpo", **facts)
     assert hub["base"] == {"name_or_path": "org/model", "path": None, "revision": None}
     assert hub["parent"] == {"path": "org/model", "lineage": None}
+
+
+def test_dirty_means_code_or_params_not_what_the_pipeline_writes(tmp_path: Path, monkeypatch) -> None:
+    """After `dvc repro` in a clean clone the lock, metrics, curves, plots and DVC's .gitignore entries have
+    changed: the run is still clean. An edit to code or params.yaml is not."""
+    import subprocess
+
+    from llmhalluc.lineage import git_state, run_path, write_run
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    written = ["dvc.lock", "metrics/eval.json", "dvclive/train_sft/metrics.json", "plots/eval/models.csv",
+               "models/.gitignore", ".gitignore"]
+    for name in [*written, "params.yaml", "stages/train_sft.py"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("before\n")
+    for command in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-q", "-m", "clone"]):
+        subprocess.run(command, cwd=tmp_path, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    for name in written:
+        (tmp_path / name).write_text("after a run\n")
+    assert git_state(tmp_path) == {"git_commit": head, "git_dirty": False}
+    assert git_state(tmp_path / "stages") == {"git_commit": head, "git_dirty": False}  # from anywhere in it
+    for name in ("params.yaml", "stages/train_sft.py"):
+        (tmp_path / name).write_text("edited\n")
+        assert git_state(tmp_path)["git_dirty"] is True, name
+        subprocess.run(["git", "checkout", "--", name], cwd=tmp_path, check=True)
+
+    # The run record sits beside the model folder; Lineage.run reads it (an older folder: from its lineage.json).
+    folder = tmp_path / "models" / "sft"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)  # stages run at the repository root
+    assert write_run("models/sft", "train_sft") == run_path("models/sft") == Path("models/sft.run.json")
+    assert Lineage.read(folder).run == {"stage": "train_sft", "git_commit": head, "git_dirty": False}
+    assert Lineage(OLDER_MERGED, tmp_path / "nowhere").run == {"git_commit": "0" * 40, "git_dirty": True}
