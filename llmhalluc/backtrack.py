@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmhalluc.lineage import Lineage
 from llmhalluc.params.sections import DEFAULT_TOKEN as DEFAULT_TOKEN  # sft.backtrack.token's default, declared there
 
 UNITS = ("token", "step", "retry")
@@ -145,29 +146,24 @@ def render_error(unit: str, error_ids: Sequence[int], backtrack_id: int) -> list
     return [backtrack_id] * (len(error_ids) if unit == "token" else 1)
 
 
-def unit_of(lineage: Mapping[str, Any] | None) -> str:
+def unit_of(lineage: Lineage | Mapping[str, Any] | None) -> str:
     """The retraction unit a model was trained with: its own lineage's, else its nearest ancestor's, else token.
 
-    train_sft records it; train_grpo and merge copy it, and walking the parent
-    chain also covers a folder written before they did. A model without lineage
-    (a hub model) is `token`, the original design.
+    train_sft records it; train_grpo and merge copy it, and the nearest record up the parent
+    chain also covers a folder written before they did. A model without lineage (a hub model)
+    is `token`, the original design.
     """
-    node = lineage
-    while node:
-        recorded = node.get("retraction")
-        if isinstance(recorded, Mapping) and recorded.get("unit") is not None:
-            unit = recorded["unit"]
-            if unit not in UNITS:
-                from llmhalluc.errors import DataError
+    unit = Lineage.of(lineage).nearest("retraction", "unit")
+    if unit is None:
+        return DEFAULT_UNIT
+    if unit not in UNITS:
+        from llmhalluc.errors import DataError
 
-                raise DataError(f"lineage.json: retraction unit {unit!r} is not one of {', '.join(UNITS)}")
-            return str(unit)
-        parent = node.get("parent")
-        node = parent.get("lineage") if isinstance(parent, Mapping) else None
-    return DEFAULT_UNIT
+        raise DataError(f"lineage.json: retraction unit {unit!r} is not one of {', '.join(UNITS)}")
+    return str(unit)
 
 
-def retraction_for(tokenizer: Any, backtrack_id: int, lineage: Mapping[str, Any] | None = None,
+def retraction_for(tokenizer: Any, backtrack_id: int, lineage: Lineage | Mapping[str, Any] | None = None,
                    unit: str | None = None) -> Retraction:
     """The Retraction of a model: its unit (given, else from its lineage) over its tokenizer's decode."""
     def decode(ids: Sequence[int]) -> str:
@@ -231,3 +227,36 @@ def encode_example(
     input_ids += list(end_ids)
     labels += list(end_ids)
     return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_records(records: Sequence[Any], tokenizer: Any, backtrack_id: int, *, mask_errors: bool,
+                   unit: str = DEFAULT_UNIT) -> tuple[list[dict[str, list[int]]], list[int]]:
+    """input_ids + labels per record, in the chat template the model will be prompted with, and each prompt's length.
+
+    unit is the retraction unit (sft.backtrack.unit): how many backtracks follow an error, and
+    for step / retry a check that each example resolves to its clean completion (DataError naming
+    the record otherwise: training on data the unit cannot resolve would teach the wrong thing).
+
+    The labels (-100 off the loss) are what SFTTrainer trains on: a `labels` column is used
+    as is (tests/test_train_sft.py checks the collated batch). train_sft's records (datasets.records.Record).
+    """
+    end_ids = tokenizer.encode(tokenizer.eos_token, add_special_tokens=False)  # the end of turn (use_end_of_turn)
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
+    examples, prompt_lengths = [], []
+    for r in records:
+        prompt_ids = tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False)
+        prompt_lengths.append(len(prompt_ids))
+        try:
+            examples.append(encode_example(prompt_ids, r.steps, r.answer_sentence(),
+                                           [(e.step, e.text) for e in r.errors], tokenize, backtrack_id,
+                                           end_ids, mask_errors=mask_errors, retraction=retraction))
+        except ValueError as exc:
+            from llmhalluc.errors import DataError
+
+            raise DataError(f"sft.backtrack.unit {unit}: record {r.id}: {exc}") from exc
+    return examples, prompt_lengths

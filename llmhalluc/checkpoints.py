@@ -1,8 +1,9 @@
 """Resuming a killed training run from its last *complete* checkpoint, and only if it is the same run.
 
-The checkpoint folder (`output_dir`, e.g. checkpoints/sft) is a `persist: true` out in
-dvc.yaml, so it survives a `kill -9` and the next `dvc repro`. Two things can go wrong
-with naive resuming (transformers' `get_last_checkpoint`):
+The checkpoint folder (`output_dir`, e.g. checkpoints/sft) is the stage's scratch, git-ignored and no
+DVC out, so it survives a `kill -9` and the next `dvc repro` (DVC deletes a stage's outs before it
+runs; declaring the folder `persist: true` instead would keep the stage out of DVC's run-cache). Two
+things can go wrong with naive resuming (transformers' `get_last_checkpoint`):
 
 - the newest checkpoint may be half written (the process died while saving) — we skip
   any folder without its trainer state, weights, optimizer and scheduler;
@@ -23,6 +24,8 @@ from typing import Any
 FINGERPRINT_FILE = "run_fingerprint.json"
 #: Under output_dir, where each rank records the first batch it trained on (trainers.announce_shard).
 SHARDS_DIR = "shards"
+#: Under output_dir, where DVCLive writes while the run trains (trainers.Run.work_dir): published at the end.
+CURVES_DIR = "dvclive"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 _STATE = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -39,6 +42,18 @@ def fingerprint(resolved_params: dict[str, Any], inputs: dict[str, Any]) -> dict
     params = {k: v for k, v in resolved_params.items() if k not in NEUTRAL_KEYS}
     text = json.dumps({"params": params, "inputs": inputs}, sort_keys=True, default=str)
     return {"sha256": hashlib.sha256(text.encode()).hexdigest(), "inputs": inputs}
+
+
+def model_identity(folder: str | Path) -> str:
+    """A start model's part of the fingerprint: its safetensors files by content (a new SFT model is a new
+    run); a name that is no folder (a hub id) stands for itself."""
+    from llmhalluc.lineage import file_sha256
+
+    path = Path(folder)
+    if not path.is_dir():
+        return str(folder)
+    files = sorted(path.rglob("*.safetensors"))
+    return ",".join(f"{f.relative_to(path)}:{file_sha256(f)}" for f in files)
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -92,9 +107,20 @@ def resume_point(output_dir: str | Path, run: dict[str, Any], log=print) -> str 
 
 
 def clean(output_dir: str | Path) -> None:
-    """After a finished run: its checkpoints and fingerprint are no longer needed (the model is in model_dir)."""
+    """After a finished run: its checkpoints, fingerprint, shard records and curves as written are no longer
+    needed (the model and its curves are published), nor are those of a pass it ran in a folder of its own under
+    output_dir (a fingerprint marks one: train_sft's first own-errors pass in `clean/`). An emptied output_dir
+    goes too: nothing of a finished run is left in the scratch."""
     folder = Path(output_dir)
+    if not folder.is_dir():
+        return
     for path in checkpoints(folder):
         shutil.rmtree(path)
+    for path in folder.iterdir():
+        if path.is_dir() and (path / FINGERPRINT_FILE).is_file():
+            shutil.rmtree(path)
     (folder / FINGERPRINT_FILE).unlink(missing_ok=True)
     shutil.rmtree(folder / SHARDS_DIR, ignore_errors=True)  # the ranks' first-batch records, now in lineage
+    shutil.rmtree(folder / CURVES_DIR, ignore_errors=True)  # published into the declared DVCLive folder
+    if not any(folder.iterdir()):
+        folder.rmdir()

@@ -8,21 +8,33 @@ step at the same place, after gold steps only, and its arithmetic is recomputed 
 steps. A step that differs but is right, or cannot be recomputed, certifies nothing (None). The
 wrong step's prefix is the gold prefix, so "gold steps[:i] + own wrong step + backtrack(s) + gold
 steps[i:] + answer" shows the model exactly the context it erred in.
+
+`own_errors_pass` is train_sft's first pass around it: after_steps steps on the records without
+errors, then mining (or, with sft.own_errors.source: synthetic, near misses as prepare makes them,
+the control); the same weights then train the remaining steps on the mix (`OwnErrors.second`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from llmhalluc.answers import DEFAULT_PATTERN, normalize_answer
 from llmhalluc.backtrack import retraction_for
 from llmhalluc.datasets.arithmetic import check_step
-from llmhalluc.datasets.records import Error, Record
+from llmhalluc.datasets.records import Error, Record, jsonl_text
 from llmhalluc.diagnostics import split_steps
+from llmhalluc.launcher import print_once
+from llmhalluc.params.sections import MinedErrorsParams
+from llmhalluc.trainers import Run, SftTraining, fit
+
+CLEAN_DIR = "clean"  # under output_dir: the first pass's checkpoints (removed with the run's, checkpoints.clean)
+OWN_ERRORS_FILE = "own_errors.jsonl"  # in model_dir: the SFT records after mining
 
 
 def own_error(record: Record, completion: str, pattern: str = DEFAULT_PATTERN) -> Error | None:
@@ -115,3 +127,69 @@ def mine(model: Any, tokenizer: Any, records: Sequence[Record], *, samples: int,
     summary = {"records_tried": len(records), "samples_drawn": len(prompts), "records_mined": mined,
                "mined_share": round(mined / len(records), 4) if records else 0.0, "examples": examples}
     return out, summary
+
+
+@dataclass
+class OwnErrors:
+    """What sft.own_errors' first pass leaves for the second: the model, the records to train on (a mined one's
+    errors replaced by its own error) and mining's summary. `off` is one pass on the records as prepared."""
+
+    model: Any
+    records: list[Record]
+    summary: dict[str, Any] | None = None
+    after_steps: int = 0  # the steps pass 1 trained: pass 2 logs after them
+
+    @classmethod
+    def off(cls, model: Any, records: list[Record]) -> OwnErrors:
+        return cls(model, records)
+
+    def text(self) -> str:
+        return jsonl_text(self.records)
+
+    def second(self, run: Run) -> Run:
+        """Pass 2's run: the mix hashed into its identity (a new mix is a new run), the steps pass 1 left of the
+        budget (equal budget with one pass)."""
+        if self.summary is None:
+            return run
+        return replace(run, config=replace(run.config, max_steps=run.config.max_steps - self.after_steps),
+                       identity={**run.identity, "own_errors": hashlib.sha256(self.text().encode()).hexdigest()})
+
+    def metrics(self) -> dict[str, Any]:
+        """For the metrics summary (dvc metrics show): the counts, without the examples."""
+        if self.summary is None:
+            return {}
+        return {"own_errors": {k: v for k, v in self.summary.items() if k != "examples"}}
+
+    def record(self) -> dict[str, Any]:
+        """For the lineage: the summary and the file the mixed records are published in."""
+        return {} if self.summary is None else {"own_errors": {**self.summary, "file": OWN_ERRORS_FILE}}
+
+    def files(self) -> dict[str, str] | None:
+        """What the out holds beside the model: the records pass 2 trained on."""
+        return None if self.summary is None else {OWN_ERRORS_FILE: self.text()}
+
+
+def own_errors_pass(sft: SftTraining, run: Run, model: Any, records: list[Record], own: MinedErrorsParams,
+                    pattern: str) -> OwnErrors:
+    """Pass 1 of sft.own_errors: after_steps steps on the records without errors (resumable, its checkpoints in
+    output_dir/clean), then a seeded `rate` share of the records (seed sft.seed) gets the model's own error."""
+    examples, _ = sft.encode([replace(r, errors=[]) for r in records])
+    first = replace(run.config, max_steps=own.after_steps, output_dir=str(Path(run.config.output_dir) / CLEAN_DIR))
+    trainer = sft.trainer(model, examples, first)
+    fit(trainer, replace(run, config=first, identity={**run.identity, "pass": "clean"}), last_step=own.after_steps,
+        reload_finished=True)
+    seed = run.config.seed
+    chosen = choose(records, own.rate, seed)
+    if own.source == "synthetic":  # the control: the same two passes, prepare's kind of error
+        mined, summary = near_misses([records[i] for i in chosen], seed)
+    else:
+        mined, summary = mine(trainer.model, sft.tokenizer, [records[i] for i in chosen], samples=own.samples,
+                              temperature=own.temperature, max_new_tokens=own.max_new_tokens,
+                              batch_size=own.batch_size, seed=seed, backtrack_id=sft.backtrack_id, unit=sft.unit,
+                              pattern=pattern)
+    records = list(records)
+    for index, record in zip(chosen, mined, strict=True):
+        records[index] = record
+    print_once(f"train_sft: {own.source} errors: {summary['records_mined']} of {summary['records_tried']} chosen "
+               f"records ({summary['samples_drawn']} samples) got one")
+    return OwnErrors(trainer.model, records, summary, own.after_steps)

@@ -17,6 +17,7 @@ import os
 import shutil
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,9 @@ import torch
 from llmhalluc import hardware
 from llmhalluc.backtrack import DEFAULT_TOKEN
 from llmhalluc.errors import DataError, ParamsError
-from llmhalluc.lineage import base_location, read_lineage
-from llmhalluc.params.sections import BUILTIN_PREFIX, PACKAGE_PREFIX, Dtype, TinyModelParams
+from llmhalluc.launcher import is_main_process
+from llmhalluc.lineage import Lineage, base_record
+from llmhalluc.params.sections import BUILTIN_PREFIX, PACKAGE_PREFIX, Dtype, SftParams, TinyModelParams
 from llmhalluc.trl_compat import peft_spelling_quiet
 
 if TYPE_CHECKING:
@@ -70,6 +72,54 @@ CHAT_TEMPLATE = r"""
 def is_builtin(name: str) -> bool:
     """True for names like ``builtin:tiny-qwen2`` that are built locally, not loaded from a hub or a path."""
     return name.startswith(BUILTIN_PREFIX)
+
+
+@dataclass
+class SftStart:
+    """The model train_sft trains: the base loaded, the backtrack token added, and what lineage records of them."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    backtrack_id: int
+    vocab_rows: int  # rows of the embedding matrix the trained weights expect (an adapter's base is resized to it)
+    end_of_turn: str  # the token SFT targets end with, as the chat template ends a turn
+    base: dict  # lineage's base record (base_record)
+    built: Path | None  # the built-in base's folder (under output_dir): the out keeps a copy as `base`
+
+    def adapter_base(self, model_dir: str) -> str:
+        """The base a LoRA adapter names, as a user loads it from the repository root: never a cache folder of this
+        machine (a GGUF base is named as params name it, lineage has the rest)."""
+        return str(Path(model_dir) / "base") if self.built else self.base["name_or_path"]
+
+
+def sft_start(p: SftParams, config: typing.Any, corpus: Sequence[str]) -> SftStart:
+    """Load the base sft.model_name_or_path names (the built-in one built from its seed and the clean corpus first,
+    a GGUF dequantized once; under N processes rank 0 makes either while the others wait, then every rank loads the
+    same folder), add the backtrack token and make targets end as the chat template ends a turn."""
+    name, built = p.model_name_or_path, None
+    if is_builtin(name):
+        built = Path(config.output_dir) / "base"
+        with config.main_process_first(desc="build the tiny base model"):
+            if is_main_process():
+                t = p.tiny_model
+                build_tiny_model(built, corpus, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                                 num_layers=t.num_layers, num_heads=t.num_heads,
+                                 intermediate_size=t.intermediate_size, seed=t.seed)
+        name = str(built)
+    gguf = None
+    if p.gguf_file:  # dequantized once into a cache folder keyed by the file's sha256
+        with config.main_process_first(desc="dequantize the GGUF base"):
+            folder, gguf = dequantized_gguf(name, p.gguf_file)
+        name = str(folder)
+    model, tokenizer = load_model_and_tokenizer(
+        name, dtype=p.dtype, attn_implementation=None if p.attn_implementation == "auto" else p.attn_implementation,
+        trust_remote_code=config.trust_remote_code,
+    )
+    backtrack_id = add_backtrack_token(model, tokenizer, p.backtrack.token, p.backtrack.init,
+                                       noise_std=p.backtrack.noise_std, seed=config.seed)
+    return SftStart(model, tokenizer, backtrack_id, vocab_rows(model), use_end_of_turn(model, tokenizer),
+                    base_record(p.model_name_or_path, saved_as="base" if built else None, loaded_from=name, gguf=gguf),
+                    built)
 
 
 # --------------------------------------------------------------------------- tiny model
@@ -356,6 +406,21 @@ def add_backtrack_token(
 _DTYPES = {name: getattr(torch, name) for name in typing.get_args(Dtype)}  # the params names, as torch dtypes
 
 
+def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
+    """The id of token in the tokenizer's vocabulary, None when it has no such token (unknown is no answer)."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if found is None or found == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
+        return None
+    return found
+
+
+def vocab_rows(model: PreTrainedModel) -> int:
+    """Rows of the model's input embedding matrix (under a peft adapter, the base model's): what a rebuilt
+    base is resized to before the adapter applies (lineage's vocab_rows)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_input_embeddings().weight.shape[0]
+
+
 def resolve_dtype(dtype: str) -> torch.dtype:
     """Map a params dtype name to torch; "auto" is bfloat16 where the GPU supports it, else float32."""
     if dtype == "auto":
@@ -463,9 +528,9 @@ def load_model_and_tokenizer(
             f"{name_or_path!r} is a builtin model: build it with build_tiny_model and load the directory it returns"
         )
     name_or_path = model_location(name_or_path)
-    lineage = read_lineage(name_or_path) if Path(name_or_path).is_dir() else None
+    lineage = Lineage.read(name_or_path)
     options = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": trust_remote_code}
-    if lineage is not None and lineage["kind"] == "lora":
+    if lineage.kind == "lora":
         model = load_adapter_stack(name_or_path, lineage, **options)
     else:
         model = _load_plain(name_or_path, revision=revision, **options)
@@ -487,33 +552,33 @@ def _load_plain(name_or_path: str, *, dtype: str, attn_implementation: str | Non
     return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
 
 
-def adapter_parent(folder: str | Path, lineage: dict, **options) -> PreTrainedModel:
+def adapter_parent(folder: str | Path, lineage: Lineage | dict, **options) -> PreTrainedModel:
     """The plain model an adapter folder was trained on: its parent stage's model, else its base.
 
     Embeddings are sized to the rows the adapter expects (the backtrack token was added
     before training); the new token's rows come from the adapter's trainable tokens.
     """
-    parent = lineage.get("parent")
-    if parent:
-        path = Path(parent["path"])
-        if not path.is_dir():
-            raise DataError(f"{Path(folder) / 'lineage.json'}: parent model {str(path)!r} is missing; "
+    lineage = Lineage.of(lineage, folder)
+    parent = lineage.parent
+    if parent is not None:
+        if not Path(parent.folder).is_dir():
+            raise DataError(f"{Path(folder) / 'lineage.json'}: parent model {parent.folder!r} is missing; "
                             "rerun the stage that wrote it (dvc repro)")
-        model, _ = load_model_and_tokenizer(str(path), **options)
+        model, _ = load_model_and_tokenizer(parent.folder, **options)
     else:
-        name, revision = base_location(folder, lineage)
-        gguf = (lineage.get("base") or {}).get("gguf")
+        name, revision = lineage.base_location()
+        gguf = lineage.base.get("gguf")
         if gguf:  # the dequantized cache, made again from the same GGUF file if it is gone
             name = str(dequantized_gguf(name, gguf["file"], expect_sha256=gguf["sha256"])[0])
         model = _load_plain(name, revision=revision, **options)
     refuse_quantised(model, str(folder))
-    rows = lineage.get("vocab_rows")
+    rows = lineage.vocab_rows
     if rows and model.get_input_embeddings().weight.shape[0] != rows:
         model.resize_token_embeddings(rows, mean_resizing=False)
     return model
 
 
-def load_adapter_stack(folder: str | Path, lineage: dict, *, merge: bool = True, **options):
+def load_adapter_stack(folder: str | Path, lineage: Lineage | dict, *, merge: bool = True, **options):
     """Parent model + this folder's adapter; merged into plain weights unless ``merge=False`` (a PeftModel)."""
     from peft import PeftModel
 

@@ -12,7 +12,12 @@ One logger, one row per logged optimiser step:
 - wall-clock values (runtime, throughput) stay out: same params and seed -> same files.
 
 Layout (declared in dvc.yaml): `<dir>/metrics.json` (summary: last value of each curve,
-`train_loss`, `step`), `<dir>/plots/metrics/train/<name>.tsv` (one curve per file).
+`train_loss`, `step`), `<dir>/plots/metrics/train/<name>.tsv` (one curve per file), and GRPO's
+`<dir>/completions/step_<N>.json`.
+
+While training, DVCLive writes into the run's scratch (trainers.Run.work_dir, beside the
+checkpoints, where a killed run's curves wait for its resume: DVC deletes a stage's outs before it
+runs); `publish` puts them into the declared folder when the model is published.
 """
 
 from __future__ import annotations
@@ -146,6 +151,26 @@ def add_to_summary(directory: str | Path, values: dict[str, Any]) -> None:
     dump_json(summary, str(path))
 
 
+def publish(work_dir: str | Path, live_dir: str | Path) -> None:
+    """The curves as written in work_dir into live_dir (rank 0), each entry whole: a folder staged and swapped in
+    (plots/, completions/), a file written beside and renamed (metrics.json). What else live_dir holds (the
+    .gitignore DVC writes for its outs) stays."""
+    import shutil
+
+    from llmhalluc.launcher import is_main_process
+    from llmhalluc.outputs import staged_output, write_atomically
+
+    work, live = Path(work_dir), Path(live_dir)
+    if not is_main_process() or not work.is_dir():
+        return
+    for entry in sorted(work.iterdir()):
+        if entry.is_dir():
+            with staged_output(live / entry.name) as staging:
+                shutil.copytree(entry, staging, dirs_exist_ok=True)
+        else:
+            write_atomically(live / entry.name, entry.read_text(encoding="utf-8"))
+
+
 def checkpoint_step(checkpoint: str | None) -> int | None:
     """The global step of a checkpoint-N folder (None for a fresh start)."""
     return None if checkpoint is None else int(Path(checkpoint).name.rsplit("-", 1)[1])
@@ -153,6 +178,8 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
 
 # --------------------------------------------------------------------------- GRPO completions
 
+#: Under a run's curves: one JSON table per logging step (CompletionsTable).
+COMPLETIONS_DIR = "completions"
 #: The columns `observe_completions` adds to TRL's completions log (and to our table).
 RAW, RESOLVED, BACKTRACKS = "raw", "resolved", "backtracks"
 

@@ -23,6 +23,14 @@ def skip_dvclive_setup(callback: Any) -> None:
     callback._initialized = True
 
 
+def skip_checkpoint_card(trainer: Any) -> None:
+    """TRL's SFTTrainer and GRPOTrainer write a placeholder README.md model card into output_dir at every
+    checkpoint save (`_save_checkpoint` calls `create_model_card`); its text varies from run to run and it is
+    nobody's model card. Answering create_model_card on this trainer with nothing keeps it out of the
+    checkpoints; the stage's own out has no TRL card either (merge writes the real one). TRL 1.16."""
+    trainer.create_model_card = lambda *args, **kwargs: None
+
+
 def completions_log(trainer: Any) -> dict | None:
     """GRPOTrainer's private completions log (`_logs`, what its `log_completions` prints), or None.
 

@@ -10,7 +10,6 @@ token and chat template, and a README.md model card recording how it was built.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from llmhalluc.backtrack import DEFAULT_TOKEN
@@ -26,50 +25,37 @@ def main(section: Section) -> None:
     from llmhalluc.backtrack import unit_of
 
     p = section.project
-    source = Path(p.model_dir)
-    upstream = lineage.read_lineage(source)
+    source = lineage.Lineage.read(Path(p.model_dir))
     # float32 for the merge itself: adding a low-rank update in bf16 rounds most of it away.
-    model, tokenizer = models.load_model_and_tokenizer(str(source), dtype="float32")
-    models.refuse_quantised(model, str(source))
+    model, tokenizer = models.load_model_and_tokenizer(source.folder, dtype="float32")
+    models.refuse_quantised(model, source.folder)
     model.to(getattr(torch, p.dtype))
     params = resolved(section)
+    merged = {"stage": "merge", "kind": "full", **source.child(
+        p.out_dir, data=source.data, token=source.backtrack_token or DEFAULT_TOKEN, token_id=source.backtrack_id,
+        unit=unit_of(source),  # eval resolves the merged model as it was trained
+        vocab_rows=models.vocab_rows(model)), "params": params}
 
     with staged_output(p.out_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         write_resolved(params, staging)
-        merged = {
-            "stage": "merge", "kind": "full",
-            "backtrack_token": upstream["backtrack_token"] if upstream else DEFAULT_TOKEN,
-            "backtrack_id": upstream.get("backtrack_id") if upstream else None,
-            "retraction": {"unit": unit_of(upstream)},  # eval resolves the merged model as it was trained
-            "vocab_rows": model.get_input_embeddings().weight.shape[0],
-            "base": _base_for(source, p.out_dir, upstream),
-            "parent": {"path": str(source), "lineage": upstream},
-            "data": upstream.get("data") if upstream else None,
-            **lineage.git_state(), "params": params,
-        }
         lineage.write_lineage(staging, merged)
-        (staging / "README.md").write_text(model_card(merged), encoding="utf-8")
-    kinds = " -> ".join(f"{node['stage']} ({node['kind']})" for node in lineage.chain(merged))
+        (staging / "README.md").write_text(model_card(merged, p.out_dir), encoding="utf-8")
+    lineage.write_run(p.out_dir, "merge")  # the commit it ran at, beside the folder (not in its hash)
+    kinds = " -> ".join(f"{node['stage']} ({node['kind']})" for node in lineage.Lineage(merged).chain())
     print(f"merge: {kinds} -> {p.out_dir} ({p.dtype})")
 
 
-def _base_for(source: Path, out_dir: str, upstream: dict | None) -> dict:
-    """The base record, its path (a copy inside an upstream folder) re-pointed relative to out_dir."""
-    if not upstream:
-        return {"name_or_path": str(source), "path": None, "revision": None}
-    base = dict(upstream["base"])
-    if base.get("path"):
-        base["path"] = os.path.relpath(source / base["path"], out_dir)
-    return base
+def model_card(merged: dict, out_dir: str) -> str:
+    """README.md: what the model is, how to load it, and exactly how it was built.
 
+    Nothing in it changes with the commit it was built at (that is the run record beside each folder,
+    lineage.write_run): the same weights keep the same card, and the folder its hash."""
+    from llmhalluc.lineage import Lineage, hub_id, run_path
 
-def model_card(merged: dict) -> str:
-    """README.md: what the model is, how to load it, and exactly how it was built."""
-    from llmhalluc.lineage import chain, hub_id
-
-    nodes = chain(merged)
+    nodes = Lineage(merged).chain()
+    folders = [*(node["parent"]["path"] for node in nodes[1:]), out_dir]  # each record's folder, as its child saw it
     base = merged["base"]
     hub_base = hub_id(base)  # a local path or a GGUF is no hub id: the card then names no base_model
     front = ["---", "library_name: transformers", "tags: [llmhalluc, backtracking, trl, grpo]"]
@@ -92,12 +78,11 @@ def model_card(merged: dict) -> str:
         + (f", GGUF `{base['gguf']['file']}` sha256 `{base['gguf']['sha256']}`" if base.get("gguf") else "")
         + (f", files sha256 `{base['sha256']}`" if base.get("sha256") else ""),
     ]
-    for node in nodes:
+    for node, folder in zip(nodes, folders, strict=True):
         data = node.get("data") or {}
         lines.append(
             f"- {node['stage']}: {node['kind']} weights; data `{data.get('path', 'n/a')}` sha256 "
-            f"`{data.get('sha256', 'n/a')}`; git commit `{node.get('git_commit')}`"
-            + (" (uncommitted changes)" if node.get("git_dirty") else "")
+            f"`{data.get('sha256', 'n/a')}`; git commit in `{run_path(folder).as_posix()}`"
         )
     # No metrics here: eval runs after merge, so its metrics/eval.json is a later stage's out. Reading it
     # made this out depend on an undeclared, possibly stale file (a DAG cycle if it were declared).

@@ -18,7 +18,6 @@ off-policy by the bias). grpo.rewards.backtrack.max_backtracks: auto is sized fr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from llmhalluc.backtrack import DEFAULT_TOKEN
@@ -32,13 +31,15 @@ LIVE_DIR = Path("dvclive/train_grpo")  # declared in dvc.yaml (metrics + plots +
 
 
 def main(section: Section) -> None:
+    from dataclasses import replace
+
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from llmhalluc import lineage, models, tracking
+    from llmhalluc import checkpoints, lineage, models, tracking
     from llmhalluc.backtrack import unit_of
     from llmhalluc.errors import DataError
-    from llmhalluc.trainers import fit, publish
+    from llmhalluc.trainers import Run, fit, publish
     from llmhalluc.training import lora_config, seed_everything, with_adapter, with_rollout_bias
 
     p = section.project
@@ -48,31 +49,26 @@ def main(section: Section) -> None:
     records = read_jsonl(data_file)
     answers = read_answer_rules(p.data_dir)  # prepare's answer pattern and abstain phrase: eval judges by the same
 
-    # The start point, and the backtrack token as SFT recorded it.
-    start = p.model_name_or_path
-    upstream = lineage.read_lineage(start) if Path(start).is_dir() else None
-    # The backtrack reward's cap sized from SFT's data (max_backtracks: auto), before any model loads.
-    p.rewards = resolve_max_backtracks(p.rewards, lineage.trained_lengths(upstream),
-                                       needed="backtrack" in p.reward_funcs)
-    model, tokenizer = models.load_model_and_tokenizer(start, dtype=p.dtype,
+    # The start point, and what SFT recorded of it: the backtrack token, its unit, the lengths it trained on.
+    start = lineage.Lineage.read(p.model_name_or_path)
+    # The backtrack reward's cap sized from SFT's data (max_backtracks: auto), apart from the validated params.
+    options = resolve_max_backtracks(p.rewards, start.lengths, needed="backtrack" in p.reward_funcs)
+    model, tokenizer = models.load_model_and_tokenizer(start.folder, dtype=p.dtype,
                                                        trust_remote_code=config.trust_remote_code)
-    token = upstream["backtrack_token"] if upstream else DEFAULT_TOKEN
-    backtrack_id = tokenizer.convert_tokens_to_ids(token)
-    if backtrack_id is None or backtrack_id == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
-        raise DataError(f"{start}: the tokenizer has no {token!r} token; start GRPO from the SFT stage's out")
+    token = start.backtrack_token or DEFAULT_TOKEN
+    backtrack_id = models.token_id(tokenizer, token)
+    if backtrack_id is None:
+        raise DataError(f"{start.folder}: the tokenizer has no {token!r} token; start GRPO from the SFT stage's out")
+    start.warn_if_cut(config.max_completion_length, "grpo.max_completion_length", log=print_once)
 
-    lineage.warn_if_cut(upstream, config.max_completion_length, "grpo.max_completion_length", log=print_once)
-
-    # What runs is what is recorded: the rollout-only backtrack bias as the generation_kwargs entry the trainer
-    # samples with, and the resolved max_backtracks.
+    # What runs is what is recorded: the rollout-only backtrack bias (as TRL samples with it), max_backtracks.
     config = with_rollout_bias(config, p.rollout_backtrack_bias, backtrack_id)
-    params = resolved(section, config)
+    params = resolved(replace(section, project=replace(p, rewards=options)), config)
 
     # Conversational prompts as TRL expects; ground truth reaches the rewards as columns.
-    dataset = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable}
-                                 for r in records])
-    unit = unit_of(upstream)  # rewards resolve completions as the start model was trained to retract
-    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, p.rewards, unit=unit, answers=answers)
+    dataset = Dataset.from_list([{"prompt": r.prompt, "answer": r.answer, "answerable": r.answerable} for r in records])
+    unit = unit_of(start)  # rewards resolve completions as the start model was trained to retract
+    rewards = build_rewards(p.reward_funcs, tokenizer, backtrack_id, options, unit=unit, answers=answers)
     rewards[0] = tracking.observe_completions(rewards[0], tokenizer, backtrack_id, unit=unit,
                                               judge=AnswerJudge(pattern=answers.pattern, abstain=answers.abstain))
 
@@ -81,32 +77,16 @@ def main(section: Section) -> None:
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=dataset,
                           processing_class=tokenizer)
     data = lineage.data_record(data_file)
-    result, shards = fit(trainer, config, params, {"data": data["sha256"], "start": _model_hash(start)}, LIVE_DIR,
-                         "train_grpo", completions=LIVE_DIR / "completions")
+    identity = {"data": data["sha256"], "start": checkpoints.model_identity(start.folder)}  # a new SFT model: a new run
+    run = Run("train_grpo", config, params, identity, LIVE_DIR)
+    result, shards = fit(trainer, run, completions=True)
 
-    base = dict(upstream["base"]) if upstream else lineage.base_record(start)
-    if upstream and base.get("path"):  # re-point the base copy from models/sft's folder to this one
-        base["path"] = os.path.relpath(Path(start) / base["path"], p.model_dir)
-    publish(trainer, tokenizer, config, params, p.model_dir, "train_grpo", lora=p.lora.enabled, adapter_base=start,
-            shards=shards, record={
-                "backtrack_token": token, "backtrack_id": backtrack_id, "retraction": {"unit": unit},
-                "rollout_backtrack_bias": p.rollout_backtrack_bias,  # of the rollouts only, never of this model
-                "vocab_rows": (trainer.model.get_base_model() if p.lora.enabled else trainer.model)
-                .get_input_embeddings().weight.shape[0],
-                "base": base, "parent": {"path": start, "lineage": upstream}, "data": data})
+    publish(trainer, tokenizer, run, p.model_dir, lora=p.lora.enabled, adapter_base=start.folder, shards=shards,
+            record=start.child(p.model_dir, data=data, token=token, token_id=backtrack_id, unit=unit,
+                               vocab_rows=models.vocab_rows(trainer.model),
+                               rollout_backtrack_bias=p.rollout_backtrack_bias))  # of the rollouts, never the model
     print(f"train_grpo: {result.global_step} steps, {config.num_generations} generations per prompt, "
           f"max_completion_length {config.max_completion_length} -> {p.model_dir}")
-
-
-def _model_hash(folder: str) -> str:
-    """The start model's identity for the resume fingerprint: a new SFT model means a new run."""
-    from llmhalluc.lineage import file_sha256
-
-    path = Path(folder)
-    if not path.is_dir():
-        return folder
-    files = sorted(f for f in path.rglob("*.safetensors"))
-    return ",".join(f"{f.relative_to(path)}:{file_sha256(f)}" for f in files)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from llmhalluc.backtrack import encode_records
 from llmhalluc.datasets.records import Error, Record, chat_prompt
 from llmhalluc.errors import ParamsError
 from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
 from llmhalluc.params import load_section
 from llmhalluc.params.sections import LoraParams
 from llmhalluc.training import BacktrackUpdateScale, backtrack_rows, lora_config, scale_backtrack_update, with_adapter
-from tests.tiny_project import run, stage_module, write_params
+from tests.tiny_project import run, write_params
 
 CORPUS = ["Start with 8. Add 4. 8 + 4 = 12. The answer is 12.", "Start with 3. Add 5. 3 + 5 = 8. The answer is 8."]
 
@@ -36,7 +37,7 @@ def tiny(tmp_path: Path, *, lora: bool) -> tuple:
     records = [Record(id=f"r{a}", question=f"Start with {a}. Add 4.", steps=[f"{a} + 4 = {a + 4}."], answer=str(a + 4),
                       errors=[Error(step=0, text=f"{a} + 4 = {a + 5}.")],
                       prompt=chat_prompt(f"Start with {a}. Add 4.", "Solve.")) for a in (3, 8)]
-    examples = stage_module("train_sft").encode_records(records, tokenizer, bt, mask_errors=False)[0]
+    examples = encode_records(records, tokenizer, bt, mask_errors=False)[0]
     if lora:
         model = with_adapter(model, lora_config(LoraParams(enabled=True, r=4, alpha=8), bt, model))
     args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, learning_rate=1e-2, report_to="none",

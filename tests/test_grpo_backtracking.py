@@ -44,7 +44,7 @@ def sft_lineage(unit: str, most: int | None) -> dict:
 
 
 def auto(upstream, needed=True):
-    lengths = lineage.trained_lengths(upstream)
+    lengths = lineage.Lineage.of(upstream).lengths
     return resolve_max_backtracks(RewardsParams(), lengths, needed=needed).backtrack.max_backtracks
 
 

@@ -105,9 +105,9 @@ def test_folder_is_plain_and_documented(lora_chain: Path) -> None:
 
 
 def lineage_chain(lineage: dict) -> list[dict]:
-    from llmhalluc.lineage import chain
+    from llmhalluc.lineage import Lineage
 
-    return chain(lineage)
+    return Lineage(lineage).chain()
 
 
 def test_dtype_card_metrics_and_full_passthrough(tmp_path: Path, lora_chain: Path) -> None:

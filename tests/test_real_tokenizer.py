@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmhalluc.backtrack import encode_records
 from llmhalluc.lineage import folder_sha256
 from tests.conftest import ROOT
-from tests.tiny_project import run, stage_module
+from tests.tiny_project import run
 
 FIXTURE = ROOT / "tests" / "fixtures" / "smollm2_tokenizer"
 
@@ -52,8 +53,7 @@ def test_sft_targets_end_with_the_templates_end_of_turn(base: Path) -> None:
     assert end_of_turn_token(tokenizer) == "<|im_end|>"
     record = Record(id="r0", question="Start with 3. Add 4. What is the result?", steps=["3 + 4 = 7."],
                     answer="7", prompt=[{"role": "user", "content": "Start with 3. Add 4. What is the result?"}])
-    [example], [prompt_length] = stage_module("train_sft").encode_records([record], tokenizer, 49152,
-                                                                         mask_errors=False)
+    [example], [prompt_length] = encode_records([record], tokenizer, 49152, mask_errors=False)
     labels = example["labels"]
     assert labels[:prompt_length] == [-100] * prompt_length  # the prompt is never trained on
     assert tokenizer.decode(labels[prompt_length:]) == "3 + 4 = 7. The answer is 7.<|im_end|>"

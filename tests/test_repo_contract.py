@@ -38,10 +38,23 @@ def test_out_paths_in_params_match_dvc_outs():
     stages = _dvc()["stages"]
     params = {s: load_section(s, ROOT / "params.yaml", for_run=False) for s in STAGE_SECTION.values()}
     assert params["prepare"].project.out_dir in _outs(stages["prepare"])
-    assert {params["sft"].project.model_dir, params["sft"].trl["output_dir"]} <= _outs(stages["train_sft"])
-    assert {params["grpo"].project.model_dir, params["grpo"].trl["output_dir"]} <= _outs(stages["train_grpo"])
-    assert params["merge"].project.out_dir in _outs(stages["merge"])
+    for stage, section in (("train_sft", "sft"), ("train_grpo", "grpo"), ("merge", "merge")):
+        model_dir = params[section].project.out_dir if section == "merge" else params[section].project.model_dir
+        assert {model_dir, f"{model_dir}.run.json"} <= _outs(stages[stage])  # the model, and its run record beside it
+    for stage, section in (("train_sft", "sft"), ("train_grpo", "grpo")):
+        # TRL's output_dir is the stage's scratch (checkpoints, the curves while training), never an out: DVC
+        # deletes outs before a stage runs (no resume), and a persisted one keeps the stage out of the run-cache.
+        assert params[section].trl["output_dir"] not in _outs(stages[stage])
     assert {params["eval"].project.out_dir, params["eval"].project.metrics_file} <= _outs(stages["eval"])
+
+
+def test_every_out_is_cached_and_none_persisted():
+    """A run-cache entry for every stage (persist rules one out), and every out back from `dvc checkout` after a
+    stage fails (DVC deletes a stage's outs before it runs; checkout restores only cached ones)."""
+    for name, stage in _dvc()["stages"].items():
+        for out in stage.get("outs", []) + stage.get("metrics", []):
+            options = next(iter(out.values())) if isinstance(out, dict) else {}
+            assert options.get("cache", True) and not options.get("persist", False), (name, out)
 
 
 def test_a_path_set_in_params_moves_the_out_and_every_edge_to_it(tmp_path):

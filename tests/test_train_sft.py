@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmhalluc.backtrack import IGNORE_INDEX
+from llmhalluc.backtrack import IGNORE_INDEX, encode_records
 from llmhalluc.datasets.records import Error, Record, chat_prompt
 from llmhalluc.lineage import folder_sha256
 from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
-from tests.tiny_project import TINY, run, stage_module
+from tests.tiny_project import TINY, run
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,21 @@ def weights_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def git_init(folder: Path) -> None:
+    import subprocess
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for command in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-q", "-m", "data"]):
+        subprocess.run(command, cwd=folder, check=True, capture_output=True)
+
+
+def git_head(folder: Path) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def curve(folder: Path, name: str = "loss") -> list[tuple[int, float]]:
     lines = (folder / "dvclive" / "train_sft" / "plots" / "metrics" / "train" / f"{name}.tsv").read_text().split()
     return [(int(s), float(v)) for s, v in zip(lines[2::2], lines[3::2], strict=True)]
@@ -61,7 +76,7 @@ def test_trained_positions(tmp_path: Path, mask_errors: bool) -> None:
     bt = add_backtrack_token(model, tokenizer)
     record = Record(id="r1", question="Start with 8. Add 4.", steps=["8 + 4 = 12."], answer="12",
                     errors=[Error(step=0, text="8 + 4 = 13.")], prompt=chat_prompt("Start with 8. Add 4.", "Solve."))
-    example = stage_module("train_sft").encode_records([record], tokenizer, bt, mask_errors=mask_errors)[0][0]
+    example = encode_records([record], tokenizer, bt, mask_errors=mask_errors)[0][0]
 
     args = SFTConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, report_to="none",
                      use_cpu=True, bf16=False, max_length=256)
@@ -90,6 +105,8 @@ def test_full_run_outs_lineage_and_determinism(tmp_path: Path, prepared: Path) -
     runs = []
     for name in ("a", "b"):
         folder = project(tmp_path / name, prepared)
+        if name == "b":
+            git_init(folder)
         run("train_sft", "sft", folder)
         runs.append(folder)
     a, b = runs
@@ -104,15 +121,19 @@ def test_full_run_outs_lineage_and_determinism(tmp_path: Path, prepared: Path) -
                                "sha256": folder_sha256(out / "base")}  # what was built, by content
     assert lineage["data"]["sha256"] == hashlib.sha256((a / "data/prepared/sft.jsonl").read_bytes()).hexdigest()
     assert lineage["params"]["max_steps"] == 6 and lineage["params"]["tiny_model"]["hidden_size"] == 32
-    assert "git_commit" in lineage
+    # Nothing in the folder changes with the commit: a (no git) and b (a repository of its own) hash the same.
+    assert "git_commit" not in lineage and folder_sha256(out) == folder_sha256(b / "models/sft")
+    assert json.loads((a / "models/sft.run.json").read_text()) == {"stage": "train_sft", "git_commit": None,
+                                                                   "git_dirty": None}
+    assert json.loads((b / "models/sft.run.json").read_text())["git_commit"] == git_head(b)
     # The built-in base is kept in the out, loadable on its own, without the token.
     _, base_tok = load_model_and_tokenizer(str(out / "base"))
     model, tokenizer = load_model_and_tokenizer(str(out))
     assert "<|backtrack|>" not in base_tok.get_vocab()
     assert tokenizer.convert_tokens_to_ids("<|backtrack|>") == lineage["backtrack_id"]
     assert model.get_input_embeddings().weight.shape[0] == lineage["vocab_rows"]
-    # A finished run leaves no checkpoints behind; the metrics DVC shows are there.
-    assert not list((a / "checkpoints/sft").glob("checkpoint-*"))
+    # A finished run leaves no scratch behind (checkpoints, curves as written); the metrics DVC shows are there.
+    assert not (a / "checkpoints/sft").exists()
     metrics = json.loads((a / "dvclive/train_sft/metrics.json").read_text())
     assert metrics["step"] == 6 and {"loss", "learning_rate", "mean_token_accuracy"} <= set(metrics["train"])
     assert "train_runtime" not in json.dumps(metrics)                # wall-clock would break determinism
@@ -133,8 +154,11 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path: Path, prepared: Path,
         run("train_sft", "sft", crashed)
     ckpts = crashed / "checkpoints/sft"
     assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert not (ckpts / "README.md").exists()                       # no TRL placeholder card in the scratch
     (ckpts / "checkpoint-6" / "trainer_state.json").unlink()         # died while saving step 6
-    shutil.rmtree(crashed / "models/sft")
+    # DVC deletes the stage's outs before it runs again: the curves come back from the scratch, not from here.
+    for out in ("models/sft", "models/sft.run.json", "dvclive/train_sft"):
+        shutil.rmtree(crashed / out) if (crashed / out).is_dir() else (crashed / out).unlink()
     capsys.readouterr()
 
     run("train_sft", "sft", crashed)

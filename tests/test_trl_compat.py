@@ -32,6 +32,14 @@ def test_dvclive_setup_is_skipped_by_the_initialized_flag() -> None:
         assert "if not self._initialized" in inspect.getsource(hook), f"{hook.__qualname__}: skip_dvclive_setup"
 
 
+def test_checkpoint_saves_write_the_card_through_create_model_card() -> None:
+    from trl import GRPOTrainer, SFTTrainer
+
+    for trainer in (SFTTrainer, GRPOTrainer):
+        source = inspect.getsource(trainer._save_checkpoint)
+        assert "self.create_model_card(" in source, f"{trainer.__name__}: trl_compat.skip_checkpoint_card"
+
+
 def test_grpo_completions_log_has_the_keys_read() -> None:
     from trl import GRPOTrainer
 

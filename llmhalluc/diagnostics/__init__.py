@@ -49,6 +49,7 @@ from llmhalluc.datasets.records import Record
 from llmhalluc.diagnostics.own_errors import own_error_rows, split_steps, step_ends, summarize_own_errors
 from llmhalluc.diagnostics.probe import (
     ProbeItem,
+    Reachability,
     Rollback,
     Scorer,
     probe_item,
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Diagnosis",
     "ProbeItem",
+    "Reachability",
     "Readings",
     "Rollback",
     "Scorer",

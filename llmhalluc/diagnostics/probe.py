@@ -20,7 +20,7 @@ from llmhalluc.datasets.step_check import check_value_span
 from llmhalluc.diagnostics.scores import auroc, mean
 from llmhalluc.diagnostics.teacher_forcing import cross_fitted_scores, next_token_stats, pad_id, read_sequences
 from llmhalluc.evaluation import share
-from llmhalluc.lineage import nearest
+from llmhalluc.lineage import Lineage
 
 #: score(assistant ids, record) -> evaluation.score's row for that completion.
 Scorer = Callable[[Sequence[int], Record], dict[str, Any]]
@@ -109,11 +109,10 @@ def probe_items(tokenizer: Any, records: Sequence[Record], *, backtrack_id: int,
     return items
 
 
-def trained_kind(lineage: dict[str, Any] | None) -> str:
+def trained_kind(lineage: Lineage | dict[str, Any] | None) -> str:
     """The kind of wrong step a model was trained on (its lineage's `mistakes`, as train_sft copied it from
     prepare's meta.json), else plausible (a model without lineage, or trained before the ladder)."""
-    recorded = nearest(lineage, "mistakes")
-    return recorded.get("kind", "plausible") if isinstance(recorded, dict) else "plausible"
+    return Lineage.of(lineage).nearest("mistakes", "kind") or "plausible"
 
 
 def reachability(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, unit: str,
@@ -152,6 +151,42 @@ def reachability(model: Any, tokenizer: Any, records: Sequence[Record], *, backt
         "p_after_right": significant(sum(p for p, _, _ in after_right) / len(items)),
         "rank_after_wrong_median": statistics.median(rank for _, _, rank in after_wrong),
     }
+
+
+class Reachability:
+    """sft.backtrack.report_problems: the reach of the token on the first records as prepared, as initialised
+    (`before`, given the first pass's trainer before it trains) and after training (`after`). Off (false) with no
+    records, or once a trainer's parameters are sharded (ZeRO-3 / FSDP: no plain forward pass)."""
+
+    def __init__(self, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, unit: str, seed: int,
+                 batch_size: int) -> None:
+        self.tokenizer, self.records = tokenizer, list(records)
+        self.options = {"backtrack_id": backtrack_id, "unit": unit, "seed": seed, "batch_size": batch_size}
+        self.measured: dict[str, Any] = {}  # before / after, as lineage and the metrics summary record them
+        self.on = bool(self.records)
+
+    def __bool__(self) -> bool:
+        return self.on
+
+    def before(self, trainer: Any) -> None:
+        from llmhalluc.launcher import print_once
+        from llmhalluc.training import sharded
+
+        if not self.on or "before" in self.measured:
+            return
+        if sharded(trainer):
+            self.on = False
+            print_once("note: sft.backtrack.report_problems: P(backtrack) is not measured under ZeRO-3 / FSDP")
+            return
+        self.measured["before"] = reachability(trainer.model, self.tokenizer, self.records, **self.options)
+
+    def after(self, model: Any) -> dict[str, Any]:
+        self.measured["after"] = reachability(model, self.tokenizer, self.records, **self.options)
+        return self.measured["after"]
+
+    def record(self) -> dict[str, Any]:
+        """{"backtrack_reachability": {...}} for the lineage and the metrics summary while on, else nothing."""
+        return {"backtrack_reachability": self.measured} if self.on else {}
 
 
 def probe_positions(step_count: int, positions: list[int] | str) -> list[int]:
