@@ -25,11 +25,11 @@ CASES = [
     ("train_grpo", "    r: 16                       # LoRA rank\n    alpha: 32                   # lora_alpha\n"
      "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
      "  launcher:\n    kind: python                # python: this process | accelerate: accelerate launch\n"
-     "    num_processes: 1            # processes (the",
+     "    num_processes: 1            # processes the trainer runs on, all machines together",
      "    rnak: 16\n    alpha: 32                   # lora_alpha\n"
      "    dropout: 0.0                # LoRA dropout\n    target_modules: all-linear  # module names, or all-linear\n"
      "  launcher:\n    kind: python                # python: this process | accelerate: accelerate launch\n"
-     "    num_processes: 1            # processes (the",
+     "    num_processes: 1            # processes the trainer runs on, all machines together",
      ["grpo.lora.rnak: unknown key", "grpo.lora.r"]),
     ("train_grpo", "loss_type: dapo", "loss_type: foo", ["grpo.loss_type", "'foo' is not allowed", "'dr_grpo'"]),
     ("train_grpo", "scale_rewards: group", "scale_rewards: foo", ["grpo.scale_rewards", "'batch'"]),
