@@ -68,8 +68,9 @@ def _models(params: Any, scratch: Path) -> dict[str, str]:
         return present
     import random
 
+    from llmhalluc.backtrack.token import add_backtrack_token
     from llmhalluc.datasets import arithmetic
-    from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+    from llmhalluc.models import build_tiny_model, load_model_and_tokenizer
     from llmhalluc.params.sections import ArithmeticParams
 
     rows = arithmetic.generate(ArithmeticParams(), random.Random(1))

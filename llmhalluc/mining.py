@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc.answers import DEFAULT_PATTERN, normalize_answer
-from llmhalluc.backtrack import retraction_for
+from llmhalluc.backtrack.retraction import retraction_for
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.records import Error, Record, jsonl_text
 from llmhalluc.diagnostics import split_steps

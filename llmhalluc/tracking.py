@@ -200,7 +200,7 @@ def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit:
     `backtracks/corrected` (wrong with the backtrack tokens merely stripped, every retracted token
     kept; right once resolved) and `backtracks/broken` (right stripped, wrong resolved).
     """
-    from llmhalluc.backtrack import count_backtracks, retraction_for
+    from llmhalluc.backtrack.retraction import count_backtracks, retraction_for
 
     retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
 

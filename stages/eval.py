@@ -133,7 +133,7 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
               answers: AnswerRules) -> tuple[list[dict], Diagnosis]:
     """One model: its scored greedy answers, then its diagnostics (while it is loaded: one model in memory)."""
     from llmhalluc import diagnostics, evaluation, rollback
-    from llmhalluc.backtrack import retraction_for, unit_of
+    from llmhalluc.backtrack.retraction import retraction_for, unit_of
 
     model, tokenizer = _load(p, path)
     backtrack_id = _backtrack_id(tokenizer, path)  # before generating: a broken folder fails fast

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmhalluc.backtrack import DEFAULT_TOKEN
+from llmhalluc.backtrack.token import DEFAULT_TOKEN
 from llmhalluc.outputs import staged_output
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage
@@ -22,7 +22,7 @@ def main(section: Section) -> None:
     import torch
 
     from llmhalluc import lineage, models
-    from llmhalluc.backtrack import unit_of
+    from llmhalluc.backtrack.retraction import unit_of
 
     p = section.project
     source = lineage.Lineage.read(Path(p.model_dir))

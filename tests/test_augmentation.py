@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llmhalluc.backtrack import IGNORE_INDEX, encode_example, resolve_ids
+from llmhalluc.backtrack.encoding import IGNORE_INDEX, encode_example
+from llmhalluc.backtrack.retraction import resolve_ids
 from llmhalluc.datasets import arithmetic
 from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.converters import CONVERTERS, Context

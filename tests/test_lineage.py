@@ -73,7 +73,7 @@ OLDER_MERGED = {
 
 
 def test_an_older_folder_loads_and_answers_from_up_its_chain(tmp_path: Path) -> None:
-    from llmhalluc.backtrack import unit_of
+    from llmhalluc.backtrack.retraction import unit_of
     from llmhalluc.diagnostics import trained_kind
 
     folder = tmp_path / "models" / "merged"

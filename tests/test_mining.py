@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from llmhalluc import evaluation
-from llmhalluc.backtrack import Retraction, encode_example, retraction_for
+from llmhalluc.backtrack.encoding import encode_example
+from llmhalluc.backtrack.retraction import Retraction, retraction_for
+from llmhalluc.backtrack.token import add_backtrack_token
 from llmhalluc.datasets.records import Error, Record, chat_prompt, read_jsonl
 from llmhalluc.errors import ParamsError
 from llmhalluc.mining import choose, mine, own_error
-from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+from llmhalluc.models import build_tiny_model, load_model_and_tokenizer
 from llmhalluc.params import load_section
 from tests.tiny_project import TINY, run, write_params
 

@@ -15,12 +15,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 
-from llmhalluc.backtrack import DEFAULT_TOKEN as BACKTRACK_TOKEN
+from llmhalluc.backtrack.token import DEFAULT_TOKEN as BACKTRACK_TOKEN
+from llmhalluc.backtrack.token import INIT_STRATEGIES, add_backtrack_token
 from llmhalluc.errors import ParamsError
 from llmhalluc.models import (
     CHAT_TEMPLATE,
-    INIT_STRATEGIES,
-    add_backtrack_token,
     build_tiny_model,
     end_of_turn_token,
     is_builtin,

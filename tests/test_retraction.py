@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from llmhalluc import evaluation, lineage
-from llmhalluc.backtrack import UNITS, Retraction, encode_example, render_error, retraction_for, unit_of
+from llmhalluc.backtrack.encoding import encode_example
+from llmhalluc.backtrack.retraction import UNITS, Retraction, render_error, retraction_for, unit_of
 from llmhalluc.datasets import arithmetic
 from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.converters import CONVERTERS, Context
@@ -214,18 +215,18 @@ def test_the_unit_flows_from_sft_through_grpo_and_merge_to_eval(tmp_path: Path, 
     (its score and probe) resolve with a step Retraction, read from the model's lineage alone."""
     import json
 
-    from llmhalluc import backtrack
+    from llmhalluc.backtrack import retraction
     from tests.tiny_project import run
 
     seen: list[str] = []
-    real = backtrack.retraction_for
+    real = retraction.retraction_for
 
     def spy(tokenizer, backtrack_id, lineage=None, unit=None):
         made = real(tokenizer, backtrack_id, lineage, unit)
         seen.append(made.unit)
         return made
 
-    monkeypatch.setattr(backtrack, "retraction_for", spy)
+    monkeypatch.setattr(retraction, "retraction_for", spy)
     monkeypatch.setattr("llmhalluc.rewards.retraction_for", spy)
     run("prepare", "prepare", tmp_path, {"prepare.backtrack.error_rate": 0.5})
     run("train_sft", "sft", tmp_path, {"sft.backtrack.unit": "step", "sft.max_steps": 2})

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llmhalluc.answers import AnswerRules
-from llmhalluc.backtrack import resolve_ids
+from llmhalluc.backtrack.retraction import resolve_ids
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.params.sections import (
     BacktrackRewardOptions,

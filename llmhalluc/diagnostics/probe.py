@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmhalluc import evaluation
-from llmhalluc.backtrack import render_error
+from llmhalluc.backtrack.retraction import render_error
 from llmhalluc.datasets import mistakes
 from llmhalluc.datasets.records import Record
 from llmhalluc.datasets.step_check import check_value_span
