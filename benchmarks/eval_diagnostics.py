@@ -70,8 +70,9 @@ def _models(params: Any, scratch: Path) -> dict[str, str]:
 
     from llmhalluc.backtrack.token import add_backtrack_token
     from llmhalluc.datasets import arithmetic
-    from llmhalluc.models import build_tiny_model, load_model_and_tokenizer
+    from llmhalluc.models import load_model_and_tokenizer
     from llmhalluc.params.sections import ArithmeticParams
+    from llmhalluc.tiny_model import build_tiny_model
 
     rows = arithmetic.generate(ArithmeticParams(), random.Random(1))
     corpus = [f"{r['question']} {' '.join(r['steps'])} The answer is {r['answer']}." for r in

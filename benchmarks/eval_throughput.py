@@ -37,8 +37,9 @@ from llmhalluc.backtrack.token import add_backtrack_token  # noqa: E402
 from llmhalluc.datasets.records import Record, chat_prompt, read_jsonl  # noqa: E402
 from llmhalluc.datasets.registry import load_registry  # noqa: E402
 from llmhalluc.datasets.splits import Drops, load_entry  # noqa: E402
-from llmhalluc.models import build_tiny_model, load_model_and_tokenizer  # noqa: E402
+from llmhalluc.models import load_model_and_tokenizer  # noqa: E402
 from llmhalluc.params.sections import BUILTIN_TINY, EvalParams, PrepareParams  # noqa: E402
+from llmhalluc.tiny_model import build_tiny_model  # noqa: E402
 
 PREPARED = ROOT / "data" / "prepared" / "eval.jsonl"
 GENERATED = "generated"

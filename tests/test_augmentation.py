@@ -43,7 +43,7 @@ def _records() -> list[Record]:
 def _byte_level_bpe(tmp_path: Path, corpus: list[str]):
     from transformers import AutoTokenizer
 
-    from llmhalluc.models import build_tiny_model
+    from llmhalluc.tiny_model import build_tiny_model
 
     build_tiny_model(tmp_path / "bpe", corpus, vocab_size=400, hidden_size=32, num_layers=1, num_heads=2,
                      intermediate_size=32, seed=0)

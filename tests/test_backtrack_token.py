@@ -15,9 +15,10 @@ from llmhalluc.backtrack.encoding import encode_records
 from llmhalluc.backtrack.token import add_backtrack_token
 from llmhalluc.datasets.records import Error, Record, chat_prompt
 from llmhalluc.errors import ParamsError
-from llmhalluc.models import build_tiny_model, load_model_and_tokenizer
+from llmhalluc.models import load_model_and_tokenizer
 from llmhalluc.params import load_section
 from llmhalluc.params.sections import LoraParams
+from llmhalluc.tiny_model import build_tiny_model
 from llmhalluc.training import BacktrackUpdateScale, backtrack_rows, lora_config, scale_backtrack_update, with_adapter
 from tests.tiny_project import run, write_params
 

@@ -168,7 +168,8 @@ def test_a_missing_base_is_a_params_error(tmp_path: Path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
     from llmhalluc.backtrack.token import add_backtrack_token
-    from llmhalluc.models import build_tiny_model, load_model_and_tokenizer
+    from llmhalluc.models import load_model_and_tokenizer
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [f"Start with {a}. Add {b}. {a} + {b} = {a + b}. The answer is {a + b}." for a in range(10)
               for b in range(10)]

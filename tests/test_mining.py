@@ -15,8 +15,9 @@ from llmhalluc.backtrack.token import add_backtrack_token
 from llmhalluc.datasets.records import Error, Record, chat_prompt, read_jsonl
 from llmhalluc.errors import ParamsError
 from llmhalluc.mining import choose, mine, own_error
-from llmhalluc.models import build_tiny_model, load_model_and_tokenizer
+from llmhalluc.models import load_model_and_tokenizer
 from llmhalluc.params import load_section
+from llmhalluc.tiny_model import build_tiny_model
 from tests.tiny_project import TINY, run, write_params
 
 QUESTION = "Start with 8. Add 4. Then subtract 3."

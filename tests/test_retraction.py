@@ -45,7 +45,7 @@ def _arithmetic_records(n: int = 30) -> list:
 def tokenizers(tmp_path_factory) -> dict:
     from transformers import AutoTokenizer
 
-    from llmhalluc.models import build_tiny_model
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [text for r in _arithmetic_records() for text in (r.question, r.solution())] + [*STEPS, ANSWER]
     folder = tmp_path_factory.mktemp("tok") / "bpe"
