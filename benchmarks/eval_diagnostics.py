@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from llmhalluc.answers import DEFAULT_ABSTAIN, DEFAULT_PATTERN
     from llmhalluc.models import load_model_and_tokenizer
     from llmhalluc.params import load_section
-    from llmhalluc.training import seed_everything
+    from llmhalluc.rng import seed_everything
 
     if args.threads:
         torch.set_num_threads(args.threads)  # on a shared machine, fewer threads are disturbed less

@@ -21,11 +21,12 @@ from typing import Any
 
 from llmhalluc import checkpoints, lineage, tracking
 from llmhalluc.backtrack.encoding import encode_records
+from llmhalluc.backtrack.reach import scale_backtrack_update
 from llmhalluc.checkpoints import SHARDS_DIR
 from llmhalluc.launcher import is_main_process, print_once, rank, say, world_size
+from llmhalluc.lora import save_adapter
 from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import write_resolved
-from llmhalluc.training import save_adapter, scale_backtrack_update
 from llmhalluc.trl_compat import skip_checkpoint_card
 
 

@@ -189,7 +189,7 @@ def _generate(p: EvalParams, path: str, model: Any, tokenizer: Any, prompts: lis
               sampling: Sampling) -> list[list[int]]:
     """One model's completion ids for every prompt, through the backend params chose."""
     from llmhalluc import evaluation
-    from llmhalluc.training import seed_everything
+    from llmhalluc.rng import seed_everything
 
     seed_everything(p.seed)  # per model: each model's samples do not depend on which models ran before it
     ids = [evaluation.prompt_ids(tokenizer, m) for m in prompts]

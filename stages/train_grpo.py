@@ -11,7 +11,7 @@ as the parent, so merge (and llmhalluc.models.load_model_and_tokenizer) rebuild
 base -> SFT -> GRPO exactly. Without LoRA, models/grpo holds full weights.
 
 grpo.rollout_backtrack_bias adds to the backtrack token's logit while rollouts are sampled, and only
-there (llmhalluc.training.rollout_bias_kwargs: how it reaches TRL, and why the updates are then
+there (llmhalluc.backtrack.reach.rollout_bias_kwargs: how it reaches TRL, and why the updates are then
 off-policy by the bias). grpo.rewards.backtrack.max_backtracks: auto is sized from the SFT data
 (llmhalluc.rewards.resolve_max_backtracks); the resolved params hold the number that ran.
 """
@@ -37,10 +37,12 @@ def main(section: Section) -> None:
     from trl import GRPOTrainer
 
     from llmhalluc import checkpoints, lineage, models, tracking
+    from llmhalluc.backtrack.reach import with_rollout_bias
     from llmhalluc.backtrack.retraction import unit_of
     from llmhalluc.errors import DataError
+    from llmhalluc.lora import lora_config, with_adapter
+    from llmhalluc.rng import seed_everything
     from llmhalluc.trainers import Run, fit, publish
-    from llmhalluc.training import lora_config, seed_everything, with_adapter, with_rollout_bias
 
     p = section.project
     config = trl_config(section)

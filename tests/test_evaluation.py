@@ -198,7 +198,7 @@ def test_batched_generation_equals_one_at_a_time(tiny):
 
 
 def test_sampling_is_seeded(tiny):
-    from llmhalluc.training import seed_everything
+    from llmhalluc.rng import seed_everything
 
     model, tokenizer = tiny
     prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": "Start with 2. Add 5."}])] * 4
