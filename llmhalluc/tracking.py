@@ -15,7 +15,7 @@ Layout (declared in dvc.yaml): `<dir>/metrics.json` (summary: last value of each
 `train_loss`, `step`), `<dir>/plots/metrics/train/<name>.tsv` (one curve per file), and GRPO's
 `<dir>/completions/step_<N>.json`.
 
-While training, DVCLive writes into the run's scratch (trainers.Run.work_dir, beside the
+While training, DVCLive writes into the run's scratch (training_run.Run.work_dir, beside the
 checkpoints, where a killed run's curves wait for its resume: DVC deletes a stage's outs before it
 runs); `publish` puts them into the declared folder when the model is published.
 """

@@ -42,7 +42,7 @@ def main(section: Section) -> None:
     from llmhalluc.errors import DataError
     from llmhalluc.lora import lora_config, with_adapter
     from llmhalluc.rng import seed_everything
-    from llmhalluc.trainers import Run, fit, publish
+    from llmhalluc.training_run import Run, fit, publish
 
     p = section.project
     config = trl_config(section)

@@ -29,7 +29,7 @@ def main(section: Section) -> None:
     from llmhalluc import diagnostics, lineage, mining, models, tracking
     from llmhalluc.lora import lora_config, with_adapter
     from llmhalluc.rng import seed_everything
-    from llmhalluc.trainers import Run, SftTraining, fit, publish
+    from llmhalluc.training_run import Run, SftTraining, fit, publish
 
     p = section.project
     config = trl_config(section)

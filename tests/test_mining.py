@@ -169,7 +169,7 @@ def test_two_pass_control_with_synthetic_errors(tmp_path: Path) -> None:
 def test_two_pass_run_killed_in_pass_2_resumes_and_matches(tmp_path: Path, monkeypatch, capsys) -> None:
     """Killed after pass 2 saved a checkpoint (the newest half written): the rerun resumes pass 1 at its end,
     mines the same records, resumes pass 2, and ends with the weights and curves of an uninterrupted run."""
-    from llmhalluc import trainers
+    from llmhalluc import training_run
     from tests.test_train_sft import curve, weights_hash
 
     own = {"sft.own_errors.rate": 0.5, "sft.own_errors.after_steps": 3, "sft.own_errors.samples": 2,
@@ -183,7 +183,7 @@ def test_two_pass_run_killed_in_pass_2_resumes_and_matches(tmp_path: Path, monke
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
     with monkeypatch.context() as m:
-        m.setattr(trainers, "publish", killed)
+        m.setattr(training_run, "publish", killed)
         with pytest.raises(KeyboardInterrupt):
             run("train_sft", "sft", crashed, own)
     ckpts = crashed / "checkpoints/sft"
