@@ -405,8 +405,8 @@ def hub_id(base: dict[str, Any]) -> str | None:
     return name if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) else None
 
 
-# --------------------------------------------------------------------------- the dict-shaped reads
-# stages/eval.py and llmhalluc/evaluation.py still make (their owners move them to Lineage).
+# --------------------------------------------------------------------------- reads of a record held as a dict
+# For callers that hold the record itself rather than a Lineage (stages/eval.py, llmhalluc/evaluation.py).
 
 
 def read_lineage(folder: str | Path) -> dict[str, Any] | None:

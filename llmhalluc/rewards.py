@@ -16,7 +16,7 @@ decodes `completions` with skip_special_tokens=True, so the backtrack token is
 gone from them and the deleted text is still there. Working on ids also makes
 plain and conversational completions the same case. What is scored is the
 *backtrack-resolved* completion's extracted final answer against the clean
-gold answer (scoring raw strings that still hold backtracks, as the original research code did, is wrong),
+gold answer (a raw string that still holds backtracks would be scored on text the model retracted),
 resolved by the retraction unit the model was trained with (train_grpo reads it from the start model's
 lineage; one `backtrack.retraction.Retraction` serves every reward, as it serves eval).
 

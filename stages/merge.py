@@ -85,7 +85,7 @@ def model_card(merged: dict, out_dir: str) -> str:
             f"`{data.get('sha256', 'n/a')}`; git commit in `{run_path(folder).as_posix()}`"
         )
     # No metrics here: eval runs after merge, so its metrics/eval.json is a later stage's out. Reading it
-    # made this out depend on an undeclared, possibly stale file (a DAG cycle if it were declared).
+    # would make this out depend on an undeclared, possibly stale file (a DAG cycle if it were declared).
     lines += ["", "## Evaluation", "",
               "The `eval` stage runs on this folder after it is written: see `dvc metrics show` (metrics/eval.json)."]
     lines += ["", "## Resolved params of every stage", ""]

@@ -185,7 +185,7 @@ def test_the_unit_travels_in_lineage(tmp_path: Path):
     merged = {"stage": "merge", "kind": "full", "backtrack_token": TOKEN, "retraction": {"unit": "retry"},
               "parent": {"path": "models/grpo", "lineage": grpo}}
     assert unit_of(merged) == "retry"  # the nearest record wins
-    assert unit_of(None) == "token"  # a hub model: the original per-token design
+    assert unit_of(None) == "token"  # a hub model: no record, per token
     assert unit_of({"stage": "train_sft", "kind": "full", "backtrack_token": TOKEN}) == "token"  # older lineage
     with pytest.raises(DataError, match="'sentence' is not one of token, step, retry"):
         unit_of({**sft, "retraction": {"unit": "sentence"}})

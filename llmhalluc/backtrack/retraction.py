@@ -7,7 +7,7 @@ know where token boundaries are. What one backtrack retracts is the model's
 GRPO rewards, eval and the diagnostics probe all resolve as the model was
 trained. The units:
 
-- ``token`` (the original design): one backtrack deletes the one token before
+- ``token``: one backtrack deletes the one token before
   it; an error of N tokens is followed by N backtracks.
 - ``step``: one backtrack deletes the last *step*: it pops at least one token,
   then keeps popping until the last kept token ends a step (see `Retraction.ends_step`)
@@ -33,7 +33,7 @@ from typing import Any
 from llmhalluc.lineage import Lineage
 
 UNITS = ("token", "step", "retry")
-DEFAULT_UNIT = "token"  # a model without lineage, or whose lineage predates the unit, was trained per token
+DEFAULT_UNIT = "token"  # a model whose lineage records no unit (or that has none) retracts per token
 
 
 def resolve_ids(ids: Sequence[int], backtrack_id: int) -> list[int]:
@@ -150,7 +150,7 @@ def unit_of(lineage: Lineage | Mapping[str, Any] | None) -> str:
 
     train_sft records it; train_grpo and merge copy it, and the nearest record up the parent
     chain also covers a folder written before they did. A model without lineage (a hub model)
-    is `token`, the original design.
+    is `token`, sft.backtrack.unit's default.
     """
     unit = Lineage.of(lineage).nearest("retraction", "unit")
     if unit is None:
