@@ -33,11 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from llmhalluc import evaluation  # noqa: E402
+from llmhalluc.backtrack.token import add_backtrack_token  # noqa: E402
 from llmhalluc.datasets.records import Record, chat_prompt, read_jsonl  # noqa: E402
 from llmhalluc.datasets.registry import load_registry  # noqa: E402
 from llmhalluc.datasets.splits import Drops, load_entry  # noqa: E402
-from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer  # noqa: E402
+from llmhalluc.models import load_model_and_tokenizer  # noqa: E402
 from llmhalluc.params.sections import BUILTIN_TINY, EvalParams, PrepareParams  # noqa: E402
+from llmhalluc.tiny_model import build_tiny_model  # noqa: E402
 
 PREPARED = ROOT / "data" / "prepared" / "eval.jsonl"
 GENERATED = "generated"

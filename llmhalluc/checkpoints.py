@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 FINGERPRINT_FILE = "run_fingerprint.json"
-#: Under output_dir, where each rank records the first batch it trained on (trainers.announce_shard).
+#: Under output_dir, where each rank records the first batch it trained on (training_run.announce_shard).
 SHARDS_DIR = "shards"
-#: Under output_dir, where DVCLive writes while the run trains (trainers.Run.work_dir): published at the end.
+#: Under output_dir, where DVCLive writes while the run trains (training_run.Run.work_dir): published at the end.
 CURVES_DIR = "dvclive"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")

@@ -34,7 +34,8 @@ from typing import Any
 
 from llmhalluc import hardware
 from llmhalluc.answers import extract_answer, normalize_answer
-from llmhalluc.backtrack import DEFAULT_TOKEN, Retraction, count_backtracks
+from llmhalluc.backtrack.retraction import Retraction, count_backtracks
+from llmhalluc.backtrack.token import DEFAULT_TOKEN
 from llmhalluc.errors import ParamsError
 from llmhalluc.lineage import base_location, read_lineage
 

@@ -15,7 +15,7 @@ Layout (keys other stages rely on are marked *)::
      "kind": "lora" | "full",                                  *
      "backtrack_token": "<|backtrack|>", "backtrack_id": 512,   *
      "retraction": {"unit": "token" | "step" | "retry"},      *  (sft.backtrack.unit; grpo and merge copy it;
-                                    # read by backtrack.unit_of, absent = token)
+                                    # read by backtrack.retraction.unit_of, absent = token)
      "vocab_rows": 513,             # rows of the embedding matrix the weights expect
      "base": {"name_or_path": "...", "path": "base" | null, "revision": "..." | null,   *
               "sha256": "..." (a local folder's files), "gguf": {"file": "...", "sha256": "..."} (a GGUF base)},
@@ -38,7 +38,7 @@ One class reads and builds records: ``Lineage.read(folder)`` answers what later 
 (kind, token, ``lengths``, ``base_location()``, ``nearest(key)`` up the parent chain, ...);
 ``Lineage.root(base, ...)`` is train_sft's record, ``upstream.child(out_dir, ...)`` the record
 of a model made from upstream (train_grpo, merge), its base re-pointed in one place. The
-retraction unit and the probe's kind are read through it (backtrack.unit_of,
+retraction unit and the probe's kind are read through it (backtrack.retraction.unit_of,
 diagnostics.trained_kind), where their defaults live. Older folders load as they are: every
 key is read with its absence in mind.
 """
@@ -217,7 +217,7 @@ def _model_record(base: dict[str, Any], parent: dict[str, Any] | None, *, data: 
                   token_id: int | None, unit: str, vocab_rows: int, **facts: Any) -> dict[str, Any]:
     """The keys every model folder records, laid out once (the module docstring's layout)."""
     return {"backtrack_token": token, "backtrack_id": token_id,
-            "retraction": {"unit": unit},  # rewards, eval and the probe resolve by it (backtrack.unit_of)
+            "retraction": {"unit": unit},  # rewards, eval and the probe resolve by it (backtrack.retraction.unit_of)
             "vocab_rows": vocab_rows, "base": base, "parent": parent, "data": data, **facts}
 
 
@@ -405,8 +405,8 @@ def hub_id(base: dict[str, Any]) -> str | None:
     return name if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) else None
 
 
-# --------------------------------------------------------------------------- the dict-shaped reads
-# stages/eval.py and llmhalluc/evaluation.py still make (their owners move them to Lineage).
+# --------------------------------------------------------------------------- reads of a record held as a dict
+# For callers that hold the record itself rather than a Lineage (stages/eval.py, llmhalluc/evaluation.py).
 
 
 def read_lineage(folder: str | Path) -> dict[str, Any] | None:

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc.answers import DEFAULT_PATTERN, normalize_answer
-from llmhalluc.backtrack import retraction_for
+from llmhalluc.backtrack.retraction import retraction_for
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.records import Error, Record, jsonl_text
 from llmhalluc.diagnostics import split_steps
 from llmhalluc.launcher import print_once
 from llmhalluc.params.sections import MinedErrorsParams
-from llmhalluc.trainers import Run, SftTraining, fit
+from llmhalluc.training_run import Run, SftTraining, fit
 
 CLEAN_DIR = "clean"  # under output_dir: the first pass's checkpoints (removed with the run's, checkpoints.clean)
 OWN_ERRORS_FILE = "own_errors.jsonl"  # in model_dir: the SFT records after mining

@@ -1,10 +1,10 @@
-"""Models and tokenizers: loading, a built-in tiny model, and adding the backtrack token.
+"""Models and tokenizers as a stage gets them: loaded from a hub id, a local folder, an installed package or a GGUF
+file (dequantized once), a pipeline adapter folder rebuilt from its lineage; and SFT's start from any of them.
 
-The tiny model exists so that every stage can be run end to end on a CPU in seconds,
-offline, with the same code paths as a hub model (Auto classes, safetensors, chat
-template). Adding ``<|backtrack|>`` is done here, in one place, because the new
-token's input *and* output rows must both be initialised sensibly: a random output
-row makes the model emit (or never emit) the token for reasons unrelated to training.
+The SFT start is the one place a base becomes a model to train: the built-in tiny model is built
+(llmhalluc.tiny_model), the backtrack token added (llmhalluc.backtrack.token), and the chat template's
+end of turn made the token generation stops at, so every later stage loads a folder that already
+has all three.
 
 transformers and tokenizers are imported inside the functions that need them, so that
 importing this module (e.g. to check params) stays cheap.
@@ -12,11 +12,10 @@ importing this module (e.g. to check params) stays cheap.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,54 +23,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from llmhalluc import hardware
-from llmhalluc.backtrack import DEFAULT_TOKEN
+from llmhalluc.backtrack.token import add_backtrack_token
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.launcher import is_main_process
 from llmhalluc.lineage import Lineage, base_record
-from llmhalluc.params.sections import BUILTIN_PREFIX, PACKAGE_PREFIX, Dtype, SftParams, TinyModelParams
+from llmhalluc.params.sections import PACKAGE_PREFIX, Dtype, SftParams
+from llmhalluc.tiny_model import build_tiny_model, is_builtin
 from llmhalluc.trl_compat import peft_spelling_quiet
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-ENDOFTEXT = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-
-# ChatML, as Qwen uses it, without Qwen's default system prompt. The assistant content and
-# its <|im_end|> sit inside {% generation %} markers: TRL's SFT assistant_only_loss needs
-# them (it can only patch templates it knows), and <|im_end|> must be inside so the model
-# learns to stop. The "\n" after <|im_end|> is outside: the model never emits it.
-# Content may be a string, None (tool-call turns) or a list of {"type": "text"} parts.
-CHAT_TEMPLATE = r"""
-{%- for message in messages %}
-    {%- if message['content'] is string %}
-        {%- set content = message['content'] %}
-    {%- elif message['content'] is none or message['content'] is not defined %}
-        {%- set content = '' %}
-    {%- else %}
-        {%- set content = message['content'] | selectattr('type', 'equalto', 'text')
-            | map(attribute='text') | join('') %}
-    {%- endif %}
-    {%- if message['role'] == 'assistant' %}
-        {{- '<|im_start|>assistant\n' }}
-        {%- generation %}
-            {{- content + '<|im_end|>' }}
-        {%- endgeneration %}
-        {{- '\n' }}
-    {%- else %}
-        {{- '<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>\n' }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\n' }}
-{%- endif %}
-""".strip()
-
-
-def is_builtin(name: str) -> bool:
-    """True for names like ``builtin:tiny-qwen2`` that are built locally, not loaded from a hub or a path."""
-    return name.startswith(BUILTIN_PREFIX)
 
 
 @dataclass
@@ -120,115 +81,6 @@ def sft_start(p: SftParams, config: typing.Any, corpus: Sequence[str]) -> SftSta
     return SftStart(model, tokenizer, backtrack_id, vocab_rows(model), use_end_of_turn(model, tokenizer),
                     base_record(p.model_name_or_path, saved_as="base" if built else None, loaded_from=name, gguf=gguf),
                     built)
-
-
-# --------------------------------------------------------------------------- tiny model
-
-
-def _train_tokenizer(corpus: Sequence[str], vocab_size: int, special_tokens: Sequence[str]):
-    """Train a byte-level BPE so that any text is encodable without <unk>.
-
-    Qwen2's split puts every digit in its own token, which keeps arithmetic regular.
-    The pipeline (NFC, split regex, byte level) is exactly Qwen2Tokenizer's: transformers 5's
-    AutoTokenizer picks the class from config.json's model_type and rebuilds the pipeline from
-    vocab and merges alone, so any other pipeline would tokenise differently once reloaded.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=list(special_tokens),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
-    return tokenizer
-
-
-def build_tiny_model(
-    save_dir: str | Path,
-    corpus: Iterable[str],
-    *,
-    vocab_size: int = TinyModelParams.vocab_size,
-    hidden_size: int = TinyModelParams.hidden_size,
-    num_layers: int = TinyModelParams.num_layers,
-    num_heads: int = TinyModelParams.num_heads,
-    intermediate_size: int = TinyModelParams.intermediate_size,
-    max_position_embeddings: int = 512,
-    seed: int = TinyModelParams.seed,
-    extra_special_tokens: Sequence[str] = (),
-) -> Path:
-    """Train a tokenizer on ``corpus``, build a random Qwen2 model, and save both like a hub checkpoint.
-
-    Deterministic: the same corpus and arguments give byte-identical files, so a DVC stage
-    that builds the tiny model is cached correctly. vocab_size is an upper bound: BPE stops
-    early when the corpus has no more pairs to merge, and the model uses the real size.
-    """
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    specials = [ENDOFTEXT, IM_START, IM_END]
-    specials += [t for t in extra_special_tokens if t not in specials]
-    min_vocab = 256 + len(specials)
-    if vocab_size < min_vocab:
-        raise ParamsError(f"vocab_size {vocab_size} is too small: byte-level BPE needs at least {min_vocab}")
-    if hidden_size % num_heads:
-        raise ParamsError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
-    texts = list(corpus)
-    if not texts:
-        raise ParamsError("build_tiny_model needs a non-empty corpus to train its tokenizer")
-
-    backend = _train_tokenizer(texts, vocab_size, specials)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        extra_special_tokens=specials[3:],
-        model_max_length=max_position_embeddings,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-
-    endoftext_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
-    im_end_id = tokenizer.convert_tokens_to_ids(IM_END)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-        max_window_layers=num_layers,
-        tie_word_embeddings=False,  # the backtrack token's output row must be its own parameter
-        bos_token_id=endoftext_id,
-        eos_token_id=im_end_id,
-        pad_token_id=endoftext_id,
-        dtype="float32",
-    )
-    with torch.random.fork_rng(devices=[]):  # seed the init without changing the caller's RNG state
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=endoftext_id, eos_token_id=im_end_id, pad_token_id=endoftext_id
-    )
-
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(save_dir, safe_serialization=True)
-    tokenizer.save_pretrained(save_dir)
-    return save_dir
 
 
 # --------------------------------------------------------------------------- end of turn
@@ -281,137 +133,9 @@ def use_end_of_turn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
     return token
 
 
-# --------------------------------------------------------------------------- init strategies
-
-InitStrategy = Callable[[torch.Tensor, "PreTrainedTokenizerBase"], torch.Tensor]
-INIT_STRATEGIES: dict[str, InitStrategy] = {}
-
-SEMANTIC_WORDS = (" undo", " delete", " erase", " back", " remove")
-DESCRIPTION = "delete the previous token"
-
-
-def init_strategy(name: str) -> Callable[[InitStrategy], InitStrategy]:
-    """Register a strategy under ``name`` so params can choose it by string."""
-
-    def register(fn: InitStrategy) -> InitStrategy:
-        if name in INIT_STRATEGIES:
-            raise ValueError(f"init strategy {name!r} is registered twice")
-        INIT_STRATEGIES[name] = fn
-        return fn
-
-    return register
-
-
-def _mean_of_text(embedding_matrix: torch.Tensor, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]):
-    """Mean embedding of the ordinary (non-special, in-range) token ids that encode ``texts``."""
-    special = set(tokenizer.all_special_ids)
-    ids = [
-        i
-        for text in texts
-        for i in tokenizer.encode(text, add_special_tokens=False)
-        if i not in special and 0 <= i < embedding_matrix.shape[0]
-    ]
-    if not ids:
-        raise ValueError(f"none of {list(texts)!r} encodes to an ordinary token of this tokenizer")
-    return embedding_matrix[ids].float().mean(dim=0)
-
-
-@init_strategy("mean")
-def mean_init(embedding_matrix: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """The mean row: a token the model has no opinion about yet (Hewitt's advice for new tokens)."""
-    return embedding_matrix.float().mean(dim=0)
-
-
-@init_strategy("semantic")
-def semantic_init(embedding_matrix: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Mean of words meaning "undo", so the token starts near what it means."""
-    return _mean_of_text(embedding_matrix, tokenizer, SEMANTIC_WORDS)
-
-
-@init_strategy("description")
-def description_init(embedding_matrix: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Mean of a sentence describing what the token does."""
-    return _mean_of_text(embedding_matrix, tokenizer, [DESCRIPTION])
-
-
-@init_strategy("combined")
-def combined_init(embedding_matrix: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Mean of mean, semantic and description: near the meaning but pulled toward the centre."""
-    parts = [mean_init, semantic_init, description_init]
-    return torch.stack([fn(embedding_matrix, tokenizer) for fn in parts]).mean(dim=0)
-
-
-def add_backtrack_token(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    token: str = DEFAULT_TOKEN,
-    strategy: str = "mean",
-    noise_std: float = 0.01,
-    seed: int = 0,
-    *,
-    special: bool = True,
-) -> int:
-    """Add ``token`` as a special token and initialise its input and output rows; return its id.
-
-    Idempotent: if the tokenizer already has the token (a checkpoint that was trained with
-    it), nothing changes, so trained rows are never overwritten.
-
-    The row is ``strategy(old rows) + noise``; the noise vector has an expected norm of
-    ``noise_std`` times the mean row norm (per-element std ``noise_std * mean_norm / sqrt(dim)``),
-    so noise_std is relative to the matrix's own scale. Input and output matrices each get
-    their own strategy vector. The embeddings are only resized when the new id does not fit:
-    hub models often have padded matrices (Qwen2.5: 151936 rows for ~151665 tokens), and
-    shrinking them to len(tokenizer) would be a needless change of shape.
-
-    ``special=False`` adds it as an ordinary added token (still never split): use it when the
-    token must survive ``decode(skip_special_tokens=True)``, which TRL's GRPOTrainer applies to
-    the completions it hands to reward functions.
-    """
-    if strategy not in INIT_STRATEGIES:
-        raise ParamsError(f"unknown init strategy {strategy!r}; valid: {', '.join(sorted(INIT_STRATEGIES))}")
-    if token in tokenizer.get_vocab():
-        return tokenizer.convert_tokens_to_ids(token)
-
-    old_len = len(tokenizer)
-    if special:
-        tokenizer.add_special_tokens({"extra_special_tokens": [token]}, replace_extra_special_tokens=False)
-    else:
-        from tokenizers import AddedToken
-
-        tokenizer.add_tokens([AddedToken(token, special=False, normalized=False)])
-    new_id = tokenizer.convert_tokens_to_ids(token)
-    if new_id >= model.get_input_embeddings().weight.shape[0]:
-        # mean_resizing=False: we overwrite the row anyway, and the covariance it samples from is slow.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-
-    generator = torch.Generator().manual_seed(seed)
-    init_fn = INIT_STRATEGIES[strategy]
-    weights = [model.get_input_embeddings().weight]
-    output = model.get_output_embeddings()
-    if output is not None and output.weight is not weights[0]:  # tied: one row to set, not two
-        weights.append(output.weight)
-    with torch.no_grad():
-        for weight in weights:
-            old_rows = weight[:old_len]
-            vector = init_fn(old_rows, tokenizer)
-            mean_norm = old_rows.float().norm(dim=1).mean()
-            scale = noise_std * mean_norm / math.sqrt(weight.shape[1])
-            noise = torch.randn(weight.shape[1], generator=generator) * scale
-            weight[new_id] = (vector + noise).to(device=weight.device, dtype=weight.dtype)
-    return new_id
-
-
 # --------------------------------------------------------------------------- loading
 
 _DTYPES = {name: getattr(torch, name) for name in typing.get_args(Dtype)}  # the params names, as torch dtypes
-
-
-def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
-    """The id of token in the tokenizer's vocabulary, None when it has no such token (unknown is no answer)."""
-    found = tokenizer.convert_tokens_to_ids(token)
-    if found is None or found == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
-        return None
-    return found
 
 
 def vocab_rows(model: PreTrainedModel) -> int:

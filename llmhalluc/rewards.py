@@ -16,9 +16,9 @@ decodes `completions` with skip_special_tokens=True, so the backtrack token is
 gone from them and the deleted text is still there. Working on ids also makes
 plain and conversational completions the same case. What is scored is the
 *backtrack-resolved* completion's extracted final answer against the clean
-gold answer (scoring raw strings that still hold backtracks, as the original research code did, is wrong),
+gold answer (a raw string that still holds backtracks would be scored on text the model retracted),
 resolved by the retraction unit the model was trained with (train_grpo reads it from the start model's
-lineage; one `backtrack.Retraction` serves every reward, as it serves eval).
+lineage; one `backtrack.retraction.Retraction` serves every reward, as it serves eval).
 
 This module stays import-light (no torch, no transformers): train_grpo imports it before reading
 params.yaml, so the params layer can check reward names (provided as reward_names) in well under 2 s.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from llmhalluc.answers import AnswerRules, extract_answer, normalize_answer
-from llmhalluc.backtrack import Retraction, retraction_for
+from llmhalluc.backtrack.retraction import Retraction, retraction_for
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.params.provided import provide
 
@@ -79,7 +79,7 @@ def build_rewards(
     """The reward functions named in params, in order, each named as TRL will log it (`rewards/<name>/mean`).
 
     options is the parsed `grpo.rewards` section (defaults when None); unit is the
-    retraction unit of the model being trained (backtrack.unit_of its lineage); answers are the
+    retraction unit of the model being trained (backtrack.retraction.unit_of its lineage); answers are the
     answer pattern and abstain phrase prepare recorded (data_dir/meta.json: their one home, read as
     eval reads them, so training and eval never judge an answer differently; defaults when None). The params
     layer has already refused unknown names; the check here is for callers that

@@ -8,7 +8,7 @@ regenerates the same mistake: the context is the one that produced it. So this d
 
 1. decodes greedily until the model has emitted a backtrack and finished its run of backtracks
    (the token after the run was written in the polluted context; it is dropped);
-2. applies the run with the model's retraction unit (`backtrack.Retraction`): the retracted
+2. applies the run with the model's retraction unit (`backtrack.retraction.Retraction`): the retracted
    tokens leave the context, exactly as resolution removes them from the text;
 3. excludes the retracted continuation E at that point: where greedy decoding from the rolled-back
    context would write E again (every token of E is its argmax, as for the model's own mistake),
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmhalluc.backtrack import Retraction
+from llmhalluc.backtrack.retraction import Retraction
 from llmhalluc.evaluation import decoding_options, left_padded, stop_ids
 
 

@@ -7,8 +7,8 @@ are said to differ only when their intervals do not overlap (conservative on pur
 a difference inside the noise is reported as no difference).
 
 The t quantile is SciPy's (scipy.stats.t.ppf): a maintained implementation accurate to
-double precision for any degrees of freedom, where the hand-written CDF (Simpson's rule)
-and bisection it replaces were numerics this project had to get right and test itself.
+double precision for any degrees of freedom; a hand-written CDF (Simpson's rule) and
+bisection would be numerics this project had to get right and test itself.
 """
 
 from __future__ import annotations

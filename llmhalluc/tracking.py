@@ -15,7 +15,7 @@ Layout (declared in dvc.yaml): `<dir>/metrics.json` (summary: last value of each
 `train_loss`, `step`), `<dir>/plots/metrics/train/<name>.tsv` (one curve per file), and GRPO's
 `<dir>/completions/step_<N>.json`.
 
-While training, DVCLive writes into the run's scratch (trainers.Run.work_dir, beside the
+While training, DVCLive writes into the run's scratch (training_run.Run.work_dir, beside the
 checkpoints, where a killed run's curves wait for its resume: DVC deletes a stage's outs before it
 runs); `publish` puts them into the declared folder when the model is published.
 """
@@ -200,7 +200,7 @@ def observe_completions(reward_fn: Any, tokenizer: Any, backtrack_id: int, unit:
     `backtracks/corrected` (wrong with the backtrack tokens merely stripped, every retracted token
     kept; right once resolved) and `backtracks/broken` (right stripped, wrong resolved).
     """
-    from llmhalluc.backtrack import count_backtracks, retraction_for
+    from llmhalluc.backtrack.retraction import count_backtracks, retraction_for
 
     retraction = retraction_for(tokenizer, backtrack_id, unit=unit)
 

@@ -133,7 +133,7 @@ def _evaluate(p: EvalParams, name: str, path: str, records: list, sampling: Samp
               answers: AnswerRules) -> tuple[list[dict], Diagnosis]:
     """One model: its scored greedy answers, then its diagnostics (while it is loaded: one model in memory)."""
     from llmhalluc import diagnostics, evaluation, rollback
-    from llmhalluc.backtrack import retraction_for, unit_of
+    from llmhalluc.backtrack.retraction import retraction_for, unit_of
 
     model, tokenizer = _load(p, path)
     backtrack_id = _backtrack_id(tokenizer, path)  # before generating: a broken folder fails fast
@@ -189,7 +189,7 @@ def _generate(p: EvalParams, path: str, model: Any, tokenizer: Any, prompts: lis
               sampling: Sampling) -> list[list[int]]:
     """One model's completion ids for every prompt, through the backend params chose."""
     from llmhalluc import evaluation
-    from llmhalluc.training import seed_everything
+    from llmhalluc.rng import seed_everything
 
     seed_everything(p.seed)  # per model: each model's samples do not depend on which models ran before it
     ids = [evaluation.prompt_ids(tokenizer, m) for m in prompts]

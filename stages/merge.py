@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmhalluc.backtrack import DEFAULT_TOKEN
+from llmhalluc.backtrack.token import DEFAULT_TOKEN
 from llmhalluc.outputs import staged_output
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.stage import run_stage
@@ -22,7 +22,7 @@ def main(section: Section) -> None:
     import torch
 
     from llmhalluc import lineage, models
-    from llmhalluc.backtrack import unit_of
+    from llmhalluc.backtrack.retraction import unit_of
 
     p = section.project
     source = lineage.Lineage.read(Path(p.model_dir))
@@ -85,7 +85,7 @@ def model_card(merged: dict, out_dir: str) -> str:
             f"`{data.get('sha256', 'n/a')}`; git commit in `{run_path(folder).as_posix()}`"
         )
     # No metrics here: eval runs after merge, so its metrics/eval.json is a later stage's out. Reading it
-    # made this out depend on an undeclared, possibly stale file (a DAG cycle if it were declared).
+    # would make this out depend on an undeclared, possibly stale file (a DAG cycle if it were declared).
     lines += ["", "## Evaluation", "",
               "The `eval` stage runs on this folder after it is written: see `dvc metrics show` (metrics/eval.json)."]
     lines += ["", "## Resolved params of every stage", ""]

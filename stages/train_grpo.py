@@ -11,7 +11,7 @@ as the parent, so merge (and llmhalluc.models.load_model_and_tokenizer) rebuild
 base -> SFT -> GRPO exactly. Without LoRA, models/grpo holds full weights.
 
 grpo.rollout_backtrack_bias adds to the backtrack token's logit while rollouts are sampled, and only
-there (llmhalluc.training.rollout_bias_kwargs: how it reaches TRL, and why the updates are then
+there (llmhalluc.backtrack.reach.rollout_bias_kwargs: how it reaches TRL, and why the updates are then
 off-policy by the bias). grpo.rewards.backtrack.max_backtracks: auto is sized from the SFT data
 (llmhalluc.rewards.resolve_max_backtracks); the resolved params hold the number that ran.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmhalluc.backtrack import DEFAULT_TOKEN
+from llmhalluc.backtrack.token import DEFAULT_TOKEN, token_id
 from llmhalluc.datasets.records import read_answer_rules, read_jsonl
 from llmhalluc.launcher import print_once
 from llmhalluc.params import Section, resolved, trl_config
@@ -37,10 +37,12 @@ def main(section: Section) -> None:
     from trl import GRPOTrainer
 
     from llmhalluc import checkpoints, lineage, models, tracking
-    from llmhalluc.backtrack import unit_of
+    from llmhalluc.backtrack.reach import with_rollout_bias
+    from llmhalluc.backtrack.retraction import unit_of
     from llmhalluc.errors import DataError
-    from llmhalluc.trainers import Run, fit, publish
-    from llmhalluc.training import lora_config, seed_everything, with_adapter, with_rollout_bias
+    from llmhalluc.lora import lora_config, with_adapter
+    from llmhalluc.rng import seed_everything
+    from llmhalluc.training_run import Run, fit, publish
 
     p = section.project
     config = trl_config(section)
@@ -56,7 +58,7 @@ def main(section: Section) -> None:
     model, tokenizer = models.load_model_and_tokenizer(start.folder, dtype=p.dtype,
                                                        trust_remote_code=config.trust_remote_code)
     token = start.backtrack_token or DEFAULT_TOKEN
-    backtrack_id = models.token_id(tokenizer, token)
+    backtrack_id = token_id(tokenizer, token)
     if backtrack_id is None:
         raise DataError(f"{start.folder}: the tokenizer has no {token!r} token; start GRPO from the SFT stage's out")
     start.warn_if_cut(config.max_completion_length, "grpo.max_completion_length", log=print_once)

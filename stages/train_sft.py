@@ -27,8 +27,9 @@ LIVE_DIR = Path("dvclive/train_sft")  # declared in dvc.yaml (metrics + plots)
 
 def main(section: Section) -> None:
     from llmhalluc import diagnostics, lineage, mining, models, tracking
-    from llmhalluc.trainers import Run, SftTraining, fit, publish
-    from llmhalluc.training import lora_config, seed_everything, with_adapter
+    from llmhalluc.lora import lora_config, with_adapter
+    from llmhalluc.rng import seed_everything
+    from llmhalluc.training_run import Run, SftTraining, fit, publish
 
     p = section.project
     config = trl_config(section)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llmhalluc.backtrack import IGNORE_INDEX, encode_example, resolve_ids
+from llmhalluc.backtrack.encoding import IGNORE_INDEX, encode_example
+from llmhalluc.backtrack.retraction import resolve_ids
 from llmhalluc.datasets import arithmetic
 from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.converters import CONVERTERS, Context
@@ -42,7 +43,7 @@ def _records() -> list[Record]:
 def _byte_level_bpe(tmp_path: Path, corpus: list[str]):
     from transformers import AutoTokenizer
 
-    from llmhalluc.models import build_tiny_model
+    from llmhalluc.tiny_model import build_tiny_model
 
     build_tiny_model(tmp_path / "bpe", corpus, vocab_size=400, hidden_size=32, num_layers=1, num_heads=2,
                      intermediate_size=32, seed=0)

@@ -11,13 +11,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llmhalluc.backtrack import encode_records
+from llmhalluc.backtrack.encoding import encode_records
+from llmhalluc.backtrack.reach import BacktrackUpdateScale, backtrack_rows, scale_backtrack_update
+from llmhalluc.backtrack.token import add_backtrack_token
 from llmhalluc.datasets.records import Error, Record, chat_prompt
 from llmhalluc.errors import ParamsError
-from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+from llmhalluc.lora import lora_config, with_adapter
+from llmhalluc.models import load_model_and_tokenizer
 from llmhalluc.params import load_section
 from llmhalluc.params.sections import LoraParams
-from llmhalluc.training import BacktrackUpdateScale, backtrack_rows, lora_config, scale_backtrack_update, with_adapter
+from llmhalluc.tiny_model import build_tiny_model
 from tests.tiny_project import run, write_params
 
 CORPUS = ["Start with 8. Add 4. 8 + 4 = 12. The answer is 12.", "Start with 3. Add 5. 3 + 5 = 8. The answer is 8."]

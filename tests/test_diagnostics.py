@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llmhalluc import diagnostics, evaluation
 from llmhalluc.answers import DEFAULT_PATTERN
-from llmhalluc.backtrack import resolve_ids
+from llmhalluc.backtrack.retraction import resolve_ids
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.records import Record, chat_prompt
 from llmhalluc.params.sections import EvalParams, OwnErrorsParams, ProbeParams, SampledParams
@@ -132,7 +132,7 @@ RECORDS = [  # wrong results never equal a gold answer, so a wrong prefix cannot
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoTokenizer
 
-    from llmhalluc.models import build_tiny_model
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [f"{q} {' '.join(s)} The answer is {a}." for q, s, a in RECORDS] * 4 + [
         f"{a} + {b} = {a + b}." for a in range(0, 80, 5) for b in range(0, 40, 5)]
@@ -417,7 +417,9 @@ def test_step_ends_follow_the_resolved_text(tokenizer):
 
 def test_teacher_forcing_is_the_same_batched_or_alone(tmp_path: Path, tokenizer):
     """Left padding must not change a probability: position ids count from each sequence's first token."""
-    from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+    from llmhalluc.backtrack.token import add_backtrack_token
+    from llmhalluc.models import load_model_and_tokenizer
+    from llmhalluc.tiny_model import build_tiny_model
 
     folder = build_tiny_model(tmp_path / "tiny", [f"{a} + {b} = {a + b}." for a in range(10) for b in range(10)],
                               hidden_size=32, intermediate_size=64)

@@ -49,7 +49,9 @@ def write_records(folder: Path) -> list[Record]:
 
 
 def build_model(folder: Path, seed: int, lineage: dict | None = None) -> Path:
-    from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+    from llmhalluc.backtrack.token import add_backtrack_token
+    from llmhalluc.models import load_model_and_tokenizer
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [f"Start with {a}. Add {b}. {a} + {b} = {a + b}. The answer is {a + b}." for a in range(10)
               for b in range(10)] + [f"The answer is {ABSTAIN}."]

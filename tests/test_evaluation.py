@@ -167,7 +167,9 @@ def test_a_missing_base_is_a_params_error(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
-    from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+    from llmhalluc.backtrack.token import add_backtrack_token
+    from llmhalluc.models import load_model_and_tokenizer
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [f"Start with {a}. Add {b}. {a} + {b} = {a + b}. The answer is {a + b}." for a in range(10)
               for b in range(10)]
@@ -196,7 +198,7 @@ def test_batched_generation_equals_one_at_a_time(tiny):
 
 
 def test_sampling_is_seeded(tiny):
-    from llmhalluc.training import seed_everything
+    from llmhalluc.rng import seed_everything
 
     model, tokenizer = tiny
     prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": "Start with 2. Add 5."}])] * 4

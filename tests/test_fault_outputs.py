@@ -108,7 +108,7 @@ def test_disk_full_while_prepare_writes_leaves_the_previous_outs(tmp_path: Path,
 
 
 def test_disk_full_while_merge_saves_weights_leaves_the_previous_model(tmp_path: Path, params_text: str):
-    from llmhalluc.models import build_tiny_model
+    from llmhalluc.tiny_model import build_tiny_model
 
     work = tmp_path
     build_tiny_model(work / "models" / "grpo", ["1 + 2 = 3. The answer is 3."] * 8, vocab_size=300,

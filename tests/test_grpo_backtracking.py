@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from llmhalluc import lineage
+from llmhalluc.backtrack.reach import rollout_bias_kwargs, with_rollout_bias
 from llmhalluc.errors import DataError
 from llmhalluc.params.sections import BacktrackRewardOptions, RewardsParams
 from llmhalluc.rewards import AUTO_MARGIN, AnswerJudge, resolve_max_backtracks
-from llmhalluc.training import rollout_bias_kwargs, with_rollout_bias
 from tests.test_rewards import ABSTAIN_PATTERN, Completions, c, tokenizer  # noqa: F401 (fixtures)
 from tests.tiny_project import run
 

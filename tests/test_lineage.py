@@ -73,7 +73,7 @@ OLDER_MERGED = {
 
 
 def test_an_older_folder_loads_and_answers_from_up_its_chain(tmp_path: Path) -> None:
-    from llmhalluc.backtrack import unit_of
+    from llmhalluc.backtrack.retraction import unit_of
     from llmhalluc.diagnostics import trained_kind
 
     folder = tmp_path / "models" / "merged"
@@ -85,7 +85,7 @@ def test_an_older_folder_loads_and_answers_from_up_its_chain(tmp_path: Path) -> 
     assert merged.parent.folder == "models/grpo" and merged.parent.parent.parent is None
     assert merged.lengths == {"max_completion_tokens": 41, "max_backtracks": 3}  # SFT's, two parents up
     assert merged.nearest("mistakes", "kind") == trained_kind(merged) == trained_kind(OLDER_MERGED) == "lookup"
-    assert unit_of(merged) == unit_of(OLDER_MERGED) == "token"  # recorded before the unit was: the original design
+    assert unit_of(merged) == unit_of(OLDER_MERGED) == "token"  # a record without the unit: per token
     assert merged.base_location() == (str(folder / "../sft/base"), None)
     said: list[str] = []
     assert merged.warn_if_cut(40, "eval.max_new_tokens", said.append) and "at least 41" in said[0]

@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from llmhalluc import evaluation
-from llmhalluc.backtrack import Retraction, encode_example, retraction_for
+from llmhalluc.backtrack.encoding import encode_example
+from llmhalluc.backtrack.retraction import Retraction, retraction_for
+from llmhalluc.backtrack.token import add_backtrack_token
 from llmhalluc.datasets.records import Error, Record, chat_prompt, read_jsonl
 from llmhalluc.errors import ParamsError
 from llmhalluc.mining import choose, mine, own_error
-from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+from llmhalluc.models import load_model_and_tokenizer
 from llmhalluc.params import load_section
+from llmhalluc.tiny_model import build_tiny_model
 from tests.tiny_project import TINY, run, write_params
 
 QUESTION = "Start with 8. Add 4. Then subtract 3."
@@ -166,7 +169,7 @@ def test_two_pass_control_with_synthetic_errors(tmp_path: Path) -> None:
 def test_two_pass_run_killed_in_pass_2_resumes_and_matches(tmp_path: Path, monkeypatch, capsys) -> None:
     """Killed after pass 2 saved a checkpoint (the newest half written): the rerun resumes pass 1 at its end,
     mines the same records, resumes pass 2, and ends with the weights and curves of an uninterrupted run."""
-    from llmhalluc import trainers
+    from llmhalluc import training_run
     from tests.test_train_sft import curve, weights_hash
 
     own = {"sft.own_errors.rate": 0.5, "sft.own_errors.after_steps": 3, "sft.own_errors.samples": 2,
@@ -180,7 +183,7 @@ def test_two_pass_run_killed_in_pass_2_resumes_and_matches(tmp_path: Path, monke
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
     with monkeypatch.context() as m:
-        m.setattr(trainers, "publish", killed)
+        m.setattr(training_run, "publish", killed)
         with pytest.raises(KeyboardInterrupt):
             run("train_sft", "sft", crashed, own)
     ckpts = crashed / "checkpoints/sft"

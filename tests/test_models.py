@@ -1,4 +1,4 @@
-"""Tests for llmhalluc.models: the tiny builtin model, the chat template and the backtrack token.
+"""The tiny builtin model and its chat template, the backtrack token's rows, loading and the end of turn.
 
 Everything runs on CPU, offline, on a model built from a small synthetic corpus.
 """
@@ -15,20 +15,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported
 
-from llmhalluc.backtrack import DEFAULT_TOKEN as BACKTRACK_TOKEN
+from llmhalluc.backtrack.token import DEFAULT_TOKEN as BACKTRACK_TOKEN
+from llmhalluc.backtrack.token import INIT_STRATEGIES, add_backtrack_token
 from llmhalluc.errors import ParamsError
-from llmhalluc.models import (
-    CHAT_TEMPLATE,
-    INIT_STRATEGIES,
-    add_backtrack_token,
-    build_tiny_model,
-    end_of_turn_token,
-    is_builtin,
-    load_model_and_tokenizer,
-    resolve_dtype,
-    use_end_of_turn,
-)
+from llmhalluc.models import end_of_turn_token, load_model_and_tokenizer, resolve_dtype, use_end_of_turn
 from llmhalluc.params.sections import BUILTIN_TINY
+from llmhalluc.tiny_model import CHAT_TEMPLATE, build_tiny_model, is_builtin
 
 NOISE_STD = 0.01
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmhalluc.backtrack import encode_records
+from llmhalluc.backtrack.encoding import encode_records
 from llmhalluc.lineage import folder_sha256
 from tests.conftest import ROOT
 from tests.tiny_project import run

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from llmhalluc import evaluation, lineage
-from llmhalluc.backtrack import UNITS, Retraction, encode_example, render_error, retraction_for, unit_of
+from llmhalluc.backtrack.encoding import encode_example
+from llmhalluc.backtrack.retraction import UNITS, Retraction, render_error, retraction_for, unit_of
 from llmhalluc.datasets import arithmetic
 from llmhalluc.datasets.augment import add_errors
 from llmhalluc.datasets.converters import CONVERTERS, Context
@@ -44,7 +45,7 @@ def _arithmetic_records(n: int = 30) -> list:
 def tokenizers(tmp_path_factory) -> dict:
     from transformers import AutoTokenizer
 
-    from llmhalluc.models import build_tiny_model
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [text for r in _arithmetic_records() for text in (r.question, r.solution())] + [*STEPS, ANSWER]
     folder = tmp_path_factory.mktemp("tok") / "bpe"
@@ -184,7 +185,7 @@ def test_the_unit_travels_in_lineage(tmp_path: Path):
     merged = {"stage": "merge", "kind": "full", "backtrack_token": TOKEN, "retraction": {"unit": "retry"},
               "parent": {"path": "models/grpo", "lineage": grpo}}
     assert unit_of(merged) == "retry"  # the nearest record wins
-    assert unit_of(None) == "token"  # a hub model: the original per-token design
+    assert unit_of(None) == "token"  # a hub model: no record, per token
     assert unit_of({"stage": "train_sft", "kind": "full", "backtrack_token": TOKEN}) == "token"  # older lineage
     with pytest.raises(DataError, match="'sentence' is not one of token, step, retry"):
         unit_of({**sft, "retraction": {"unit": "sentence"}})
@@ -214,18 +215,18 @@ def test_the_unit_flows_from_sft_through_grpo_and_merge_to_eval(tmp_path: Path, 
     (its score and probe) resolve with a step Retraction, read from the model's lineage alone."""
     import json
 
-    from llmhalluc import backtrack
+    from llmhalluc.backtrack import retraction
     from tests.tiny_project import run
 
     seen: list[str] = []
-    real = backtrack.retraction_for
+    real = retraction.retraction_for
 
     def spy(tokenizer, backtrack_id, lineage=None, unit=None):
         made = real(tokenizer, backtrack_id, lineage, unit)
         seen.append(made.unit)
         return made
 
-    monkeypatch.setattr(backtrack, "retraction_for", spy)
+    monkeypatch.setattr(retraction, "retraction_for", spy)
     monkeypatch.setattr("llmhalluc.rewards.retraction_for", spy)
     run("prepare", "prepare", tmp_path, {"prepare.backtrack.error_rate": 0.5})
     run("train_sft", "sft", tmp_path, {"sft.backtrack.unit": "step", "sft.max_steps": 2})

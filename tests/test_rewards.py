@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llmhalluc.answers import AnswerRules
-from llmhalluc.backtrack import resolve_ids
+from llmhalluc.backtrack.retraction import resolve_ids
 from llmhalluc.errors import DataError, ParamsError
 from llmhalluc.params.sections import (
     BacktrackRewardOptions,
@@ -45,7 +45,7 @@ ABSTAIN_PATTERN = r"The answer is (-?[\d,]*\.?\d+|unanswerable)"
 def tokenizer(tmp_path_factory: pytest.TempPathFactory):
     from transformers import AutoTokenizer
 
-    from llmhalluc.models import build_tiny_model
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [f"{a} + {b} = {a + b}. {a + b} - 1 = {a + b - 1}. The answer is {a + b}."
               for a in range(10) for b in range(10)]

@@ -18,7 +18,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from llmhalluc import evaluation
-from llmhalluc.backtrack import Retraction
+from llmhalluc.backtrack.retraction import Retraction
 from llmhalluc.rollback import generate_rollback
 
 #: A word-level vocabulary: one id per text, so the scripts read as the solutions they write.
@@ -207,7 +207,9 @@ def test_a_step_unit_rollback_retracts_the_whole_step_and_the_given_prefix_is_re
 
 
 def test_rollback_on_a_real_tiny_transformer_that_never_backtracks_equals_greedy(tmp_path: Path):
-    from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+    from llmhalluc.backtrack.token import add_backtrack_token
+    from llmhalluc.models import load_model_and_tokenizer
+    from llmhalluc.tiny_model import build_tiny_model
 
     corpus = [f"{a} + {b} = {a + b}." for a in range(10) for b in range(10)]
     folder = build_tiny_model(tmp_path / "tiny", corpus, hidden_size=32, intermediate_size=64)

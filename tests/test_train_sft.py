@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmhalluc.backtrack import IGNORE_INDEX, encode_records
+from llmhalluc.backtrack.encoding import IGNORE_INDEX, encode_records
+from llmhalluc.backtrack.token import add_backtrack_token
 from llmhalluc.datasets.records import Error, Record, chat_prompt
 from llmhalluc.lineage import folder_sha256
-from llmhalluc.models import add_backtrack_token, build_tiny_model, load_model_and_tokenizer
+from llmhalluc.models import load_model_and_tokenizer
+from llmhalluc.tiny_model import build_tiny_model
 from tests.tiny_project import TINY, run
 
 
@@ -312,8 +314,8 @@ def test_lora_on_a_tied_model_trains_the_one_shared_row(tmp_path: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    from llmhalluc.lora import lora_config, with_adapter
     from llmhalluc.params.sections import LoraParams
-    from llmhalluc.training import lora_config, with_adapter
 
     path = build_tiny_model(tmp_path / "m", ["1 + 1 = 2. The answer is 2."] * 10, hidden_size=32, num_heads=2)
     config = AutoConfig.from_pretrained(path)

@@ -3,7 +3,7 @@
 Only the place (a step boundary) and the text are decided here. Turning them
 into ids -- error ids, then the backtracks that retract them, then the correct
 continuation -- happens in train_sft, where the model's tokenizer is known
-(llmhalluc.backtrack.encode_example), so the count is exact for any tokenizer.
+(llmhalluc.backtrack.encoding.encode_example), so the count is exact for any tokenizer.
 
 Placement (`prepare.backtrack.placement`):
 

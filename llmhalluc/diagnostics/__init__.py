@@ -134,8 +134,8 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
     unit is the model's retraction unit (the probe's retraction follows it; `score` must resolve by it);
     trained the kind of wrong step it was trained on (`trained_kind`), what eval.probe.kinds' `trained` names.
     The probe's metrics are one block per kind: metrics["probe"][kind]."""
-    from llmhalluc.backtrack import retraction_for
-    from llmhalluc.training import seed_everything
+    from llmhalluc.backtrack.retraction import retraction_for
+    from llmhalluc.rng import seed_everything
 
     metrics: dict[str, dict[str, Any]] = {}
     probe_rows: list[dict[str, Any]] = []

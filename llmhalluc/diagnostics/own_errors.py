@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from llmhalluc.backtrack import retraction_for
+from llmhalluc.backtrack.retraction import retraction_for
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.diagnostics.scores import auroc, mean
 from llmhalluc.diagnostics.teacher_forcing import next_token_stats, pad_id

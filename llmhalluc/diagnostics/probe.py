@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmhalluc import evaluation
-from llmhalluc.backtrack import render_error
+from llmhalluc.backtrack.retraction import render_error
 from llmhalluc.datasets import mistakes
 from llmhalluc.datasets.records import Record
 from llmhalluc.datasets.step_check import check_value_span
@@ -153,6 +153,13 @@ def reachability(model: Any, tokenizer: Any, records: Sequence[Record], *, backt
     }
 
 
+def sharded(trainer: Any) -> bool:
+    """Whether the trainer's parameters are split over processes (DeepSpeed ZeRO-3, FSDP): no plain forward pass."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(trainer.is_fsdp_enabled or (trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled()))
+
+
 class Reachability:
     """sft.backtrack.report_problems: the reach of the token on the first records as prepared, as initialised
     (`before`, given the first pass's trainer before it trains) and after training (`after`). Off (false) with no
@@ -170,7 +177,6 @@ class Reachability:
 
     def before(self, trainer: Any) -> None:
         from llmhalluc.launcher import print_once
-        from llmhalluc.training import sharded
 
         if not self.on or "before" in self.measured:
             return

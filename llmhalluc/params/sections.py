@@ -241,7 +241,7 @@ class RewardsParams:
 
 
 #: The GRPOConfig.generation_kwargs entry grpo.rollout_backtrack_bias travels in, by GRPOConfig.use_vllm
-#: (transformers' GenerationConfig.sequence_bias, vLLM's SamplingParams.logit_bias; llmhalluc.training).
+#: (transformers' GenerationConfig.sequence_bias, vLLM's SamplingParams.logit_bias; llmhalluc.backtrack.reach).
 ROLLOUT_BIAS_KEY = {False: "sequence_bias", True: "logit_bias"}
 
 

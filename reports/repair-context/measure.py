@@ -1,11 +1,12 @@
 """Re-run eval's probe on the models of finished DVC experiments, with this checkout's eval code.
 
-Why: `repair_step_resolved` (the step written with the retracted tokens gone from the context)
-was added to the probe after a sweep had run; re-running the sweep would retrain every model
-(train_sft depends on the diagnostics module). This script materialises each experiment's
-data/prepared, models/sft and models/merged from the DVC cache (read only, by the md5s in the
-experiment's dvc.lock), runs `stages/eval.py` of this checkout on them in a scratch folder with
-the probe on and the sampled / own-error diagnostics off, and writes one JSON per experiment.
+Why: a probe metric newer than a sweep's models (`repair_step_resolved`, the step written with the
+retracted tokens gone from the context, for one) can be read on those models as they are, where
+re-running the sweep would retrain every model (train_sft depends on the diagnostics module).
+This script materialises each experiment's data/prepared, models/sft and models/merged from the
+DVC cache (read only, by the md5s in the experiment's dvc.lock), runs `stages/eval.py` of this
+checkout on them in a scratch folder with the probe on and the sampled / own-error diagnostics
+off, and writes one JSON per experiment.
 
     python reports/repair-context/measure.py --repo ../sweep3 --out reports/repair-context/runs \
         tok-syn-seed0 tok-syn-seed1 ...

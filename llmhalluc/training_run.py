@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from llmhalluc import checkpoints, lineage, tracking
-from llmhalluc.backtrack import encode_records
+from llmhalluc.backtrack.encoding import encode_records
+from llmhalluc.backtrack.reach import scale_backtrack_update
 from llmhalluc.checkpoints import SHARDS_DIR
 from llmhalluc.launcher import is_main_process, print_once, rank, say, world_size
+from llmhalluc.lora import save_adapter
 from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import write_resolved
-from llmhalluc.training import save_adapter, scale_backtrack_update
 from llmhalluc.trl_compat import skip_checkpoint_card
 
 
@@ -118,7 +119,7 @@ def publish(trainer: Any, tokenizer: Any, run: Run, out_dir: str, *, lora: bool,
 @dataclass
 class SftTraining:
     """How train_sft builds the trainer of each pass (both of sft.own_errors): the records as ids, segment by
-    segment (backtrack.encode_records), SFTTrainer on them, the backtrack rows' update scaled
+    segment (backtrack.encoding.encode_records), SFTTrainer on them, the backtrack rows' update scaled
     (sft.backtrack.lr_multiplier; 1 attaches nothing) and the token's reach measured before the first trains."""
 
     tokenizer: Any
@@ -129,7 +130,7 @@ class SftTraining:
     reach: Any  # diagnostics.Reachability (not imported: GRPO, which shares this module, needs no diagnostics)
 
     def encode(self, records: list[Any]) -> tuple[list[dict[str, list[int]]], list[int]]:
-        """input_ids + labels per record, and each prompt's length (backtrack.encode_records)."""
+        """input_ids + labels per record, and each prompt's length (backtrack.encoding.encode_records)."""
         return encode_records(records, self.tokenizer, self.backtrack_id, mask_errors=self.mask_errors,
                               unit=self.unit)
 
