@@ -2,8 +2,8 @@
 
 DVC's own page loads vega, vega-lite and vega-embed from cdn.jsdelivr.net, so with no network it is
 blank. .dvc/config points DVC at configs/plots/index.html, which loads the copies in the repo by a path
-relative to the page (dvc_plots/index.html beside configs/). Each test writes the page into tmp_path
-(with configs/ linked beside it, where the page looks), never into the repo.
+relative to the page (dvc_plots/index.html beside configs/). Each test writes the page in a scratch repo
+under tmp_path (with configs/ linked in, where the page looks), never into this one.
 """
 
 from __future__ import annotations
@@ -23,11 +23,42 @@ FETCHED = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)\s*=\s*[\"']([^\"']+
 
 
 def plots_page(tmp_path: Path, *command: str) -> Path:
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
-    result = subprocess.run([sys.executable, "-m", "dvc", "plots", *command, "-o", str(tmp_path / "dvc_plots")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    """The page `dvc plots <command>` writes in a git + DVC repo holding this repo's dvc.yaml, params.yaml and
+    .dvc/config, with every plot's data file made up (the real ones are DVC outs a fresh clone does not have)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    (repo / "configs").symlink_to(ROOT / "configs")
+    for args in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(args, cwd=repo, check=True, capture_output=True)
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
+    _plot_data(repo, step=0)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "add", "-A"], check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-q", "-m", "plots"], check=True, capture_output=True)
+    _plot_data(repo, step=1)  # the workspace differs from HEAD: what `dvc plots diff` compares
+    result = subprocess.run([sys.executable, "-m", "dvc", "plots", *command, "-o", "dvc_plots"],
+                            cwd=repo, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    return tmp_path / "dvc_plots" / "index.html"
+    assert "failed to load" not in result.stderr + result.stdout, result.stderr
+    return repo / "dvc_plots" / "index.html"
+
+
+def _plot_data(repo: Path, step: int) -> None:
+    """A small data file for every plot of dvc.yaml: a step curve per TSV, a row per model per CSV."""
+    tables: dict[Path, dict[str, str]] = {}
+    for plot in dvc_yaml()["plots"]:
+        (plot_id, spec), = plot.items()
+        ys = spec["y"] if isinstance(spec["y"], dict) else {f"{plot_id}/sft.csv": spec["y"]}
+        for file, column in ys.items():
+            tables.setdefault(repo / file, {spec["x"]: "", column: ""})[spec["x"]] = ""
+    for path, columns in tables.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sep = "\t" if path.suffix == ".tsv" else ","
+        rows = [[str(i + step) if c == "step" else "sft" if c == "model" else str(0.1 * (i + 1))
+                 for c in columns] for i in range(3)]
+        path.write_text("\n".join(sep.join(r) for r in [list(columns), *rows]) + "\n")
 
 
 @pytest.mark.parametrize("command", [("show",), ("diff",)])
