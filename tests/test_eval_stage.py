@@ -79,7 +79,27 @@ def first_run(workspace: Path) -> Path:
     (workspace / "params.yaml").write_text(eval_params((ROOT / "params.yaml").read_text()))
     result = run_stage_script("eval", workspace, "--params", "params.yaml")
     assert result.returncode == 0, result.stderr
+    (workspace / "eval-stdout.txt").write_text(result.stdout)  # what the user read (test_progress_...)
     return workspace
+
+
+def test_progress_per_model_and_part_then_a_table_of_key_results(first_run: Path):
+    lines = (first_run / "eval-stdout.txt").read_text().splitlines()
+    for name, path in (("sft", "models/a"), ("grpo", "models/b")):
+        at = lines.index(f"eval: {name} ({path}), model {['sft', 'grpo'].index(name) + 1} of 2")
+        parts = [line for line in lines[at + 1:] if line.startswith(f"eval: {name}: ")][:6]
+        assert [line.split(": ", 2)[2].split(" ")[0] for line in parts] == \
+            ["greedy", "probe", "sampled:", "own", "rollback", "done"], parts
+        assert parts[0] == f"eval: {name}: greedy answers to 6 problems (transformers)"
+        assert parts[1] == f"eval: {name}: probe plausible: 6 wrong steps in 6 problems"
+        assert parts[2] == f"eval: {name}: sampled: 6 problems x 4 samples"
+        assert parts[4].startswith(f"eval: {name}: rollback decoding of 6 problems (")
+    metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
+    table = lines[lines.index("  model  accuracy  rollback  detection  correction  false pos  probe"):][:3]
+    for row, name in zip(table[1:], ("sft", "grpo"), strict=True):
+        assert row.split()[:2] == [name, f"{metrics[name]['accuracy']:.3f}"]
+        assert row.split()[-1] == "plausible"
+    assert "None" not in "\n".join(lines) and lines[-1].startswith("eval: done in ")
 
 
 def test_metrics_put_every_model_side_by_side(first_run: Path):
