@@ -12,7 +12,9 @@ models. Only prepare's held-out eval split is read: eval never runs on training
 data. Metric definitions: llmhalluc/evaluation.py, llmhalluc/diagnostics and llmhalluc/rollback.py.
 
 main reads the held-out records, then evaluates each model in turn, saying what it runs (greedy, the
-probe per kind, sampled, rollback, with their sizes). Then it writes the outs, the plots and the
+probe per kind, sampled, rollback, with their sizes); a model whose files, eval params, data and code
+are those of an earlier eval is not evaluated again: its block comes from llmhalluc.eval_cache, and
+the outs are byte for byte what a fresh eval writes. Then it writes the outs, the plots and the
 metrics, and prints the key results of every model as a table (llmhalluc.results).
 """
 
@@ -36,7 +38,7 @@ from llmhalluc.datasets.records import read_answer_rules, read_jsonl
 from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
 from llmhalluc.launcher import say
-from llmhalluc.lineage import read_lineage, warn_if_cut
+from llmhalluc.lineage import file_sha256, read_lineage, warn_if_cut
 from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.results import model_table
@@ -67,6 +69,10 @@ DIAGNOSTICS_PLOTTED = {
     "own_retracted_wrong": ("own_errors", "retracted_wrong"), "sampled_accuracy": ("sampled", "accuracy"),
     "rollback_accuracy": ("rollback", "accuracy"),
 }
+#: params.yaml[eval] keys that say where models and outs are, not what a model's results are: left out of
+#: the cache key (a model's block does not depend on its name, its neighbours, or where the outs go).
+NOT_RESULTS = ("models", "include_base", "base_from", "data_dir", "out_dir", "metrics_file", "plots_dir",
+               "transitions")
 
 
 class Evaluated(NamedTuple):
@@ -89,7 +95,7 @@ def main(section: Section) -> None:
     results = {}
     for index, (name, path) in enumerate(compared.items(), 1):
         say(f"eval: {name} ({path}), model {index} of {len(compared)}")
-        results[name] = _evaluated(p, name, path, records, answers)
+        results[name] = _evaluated(p, name, path, records, answers, section)
     metrics = {name: result.metrics for name, result in results.items()}
     if p.transitions and len(compared) > 1:
         metrics["transitions"] = diagnostics.transitions_between({n: r.rows for n, r in results.items()})
@@ -122,15 +128,36 @@ def _compared(p: EvalParams) -> dict[str, str]:
     return compared
 
 
-def _evaluated(p: EvalParams, name: str, path: str, records: list, answers: AnswerRules) -> Evaluated:
-    """One model's results, evaluated, and how long that took."""
-    from llmhalluc import evaluation
+def _evaluated(p: EvalParams, name: str, path: str, records: list, answers: AnswerRules,
+               section: Section) -> Evaluated:
+    """One model's results: from the eval cache when its inputs are those of an earlier eval, else evaluated
+    (and kept there for the next one)."""
+    from llmhalluc import eval_cache, evaluation
+    from llmhalluc.diagnostics import Diagnosis
 
+    key = _cache_key(p, path, answers, section) if eval_cache.enabled() else None
     started = time.monotonic()
+    if (cached := eval_cache.load(key)) is not None:
+        say(f"eval: {name}: reused from the eval cache (same model files, eval params, data and code as an "
+            f"earlier eval): {eval_cache.folder() / key}.json")
+        return Evaluated(cached["rows"], Diagnosis(**cached["diagnosis"]), cached["metrics"])
     rows, diagnosis = _evaluate(p, name, path, records, answers)
     evaluated = Evaluated(rows, diagnosis, {**evaluation.summarize(rows, p.max_new_tokens), **diagnosis.metrics})
+    eval_cache.store(key, {"model": path, "rows": rows, "diagnosis": vars(diagnosis), "metrics": evaluated.metrics})
     say(f"eval: {name}: done in {duration(time.monotonic() - started)}")
     return evaluated
+
+
+def _cache_key(p: EvalParams, path: str, answers: AnswerRules, section: Section) -> str | None:
+    """What determines one model's block (llmhalluc.eval_cache): its files, the eval params that change results,
+    the eval data and answer rules, the code. None for a model that cannot be pinned down (a hub id)."""
+    from llmhalluc import eval_cache
+
+    settings = {k: v for k, v in resolved(section).items() if k not in NOT_RESULTS}
+    data = {"eval.jsonl": file_sha256(Path(p.data_dir) / "eval.jsonl"), "abstain": answers.abstain,
+            "pattern": answers.pattern}
+    return eval_cache.key(eval_cache.model_identity(path), settings=settings, data=data,
+                          code=eval_cache.code_sha256(__file__))
 
 
 def _write_outs(p: EvalParams, results: dict[str, Evaluated], resolved_params: dict) -> None:

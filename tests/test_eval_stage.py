@@ -211,6 +211,45 @@ def test_same_params_same_results(first_run: Path):
     assert before == after
 
 
+def _outs(root: Path) -> dict[str, bytes]:
+    """Every file eval writes (its out, the plots, the metrics), by path: what DVC hashes."""
+    return {str(f.relative_to(root)): f.read_bytes() for folder in ("eval", "plots", "metrics")
+            for f in sorted((root / folder).rglob("*")) if f.is_file()}
+
+
+def test_a_model_whose_inputs_did_not_change_is_not_evaluated_again(workspace: Path, first_run: Path,
+                                                                     tmp_path: Path, monkeypatch):
+    """The GRPO experiment's case: the SFT model's block comes from the eval cache, the outs as a fresh eval's."""
+    monkeypatch.setenv("LLMHALLUC_EVAL_CACHE", "1")
+    monkeypatch.setenv("LLMHALLUC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "data").symlink_to(workspace / "data")
+    (tmp_path / "models").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "models" / name).symlink_to(workspace / "models" / name)
+    (tmp_path / "params.yaml").write_text((workspace / "params.yaml").read_text())
+
+    fresh = run_stage_script("eval", tmp_path, "--params", "params.yaml")  # both evaluated, both kept
+    assert fresh.returncode == 0, fresh.stderr
+    assert "reused" not in fresh.stdout and len(list((tmp_path / "cache" / "eval").glob("*.json"))) == 2
+    assert _outs(tmp_path) == _outs(first_run)  # the cache changes nothing in a fresh eval
+
+    again = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert again.returncode == 0, again.stderr
+    for name in ("sft", "grpo"):
+        assert f"eval: {name}: reused from the eval cache (same model files, eval params, data and code" \
+            in again.stdout
+    assert "greedy answers" not in again.stdout
+    assert _outs(tmp_path) == _outs(first_run)  # byte for byte
+
+    # A new GRPO model (another folder's files at the same path): SFT reused, GRPO evaluated.
+    (tmp_path / "models" / "b").unlink()
+    build_model(tmp_path / "models" / "b", seed=3)
+    changed = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert changed.returncode == 0, changed.stderr
+    assert "eval: sft: reused" in changed.stdout and "eval: grpo: reused" not in changed.stdout
+    assert "eval: grpo: greedy answers to 6 problems" in changed.stdout
+
+
 # --------------------------------------------------------------------------- errors leave earlier outs intact
 
 
