@@ -1,13 +1,15 @@
-"""Eval throughput: the default backend (batched, left-padded `generate`) against one-at-a-time `generate`.
+"""Eval throughput: the default backend (batched greedy decoding) against one-at-a-time `generate`.
 
     python benchmarks/eval_throughput.py [--model DIR|builtin:tiny-qwen2] [--prompts FILE|generated]
                                          [--examples 200] [--single-examples 16] [--repeats 5]
 
-Both paths run the same code (`llmhalluc.evaluation.generate_transformers`) on the
-same prompts with greedy decoding; only batch_size differs (1, eval.batch_size, and
-the whole set in one batch). The figure is the ratio of examples per second, all
-paths measured in this run, in `--repeats` interleaved repetitions (best and
-median reported, wall-clock and CPU time). The model is models/merged if
+The baseline is what eval would cost without batching: transformers' `generate`, one prompt at
+a time, with eval's decoding options (`evaluation.decoding_options`). Eval's own path,
+`llmhalluc.evaluation.generate_transformers`, is timed at batch_size 1 (its greedy loop
+without a batch to share), eval.batch_size, and the whole set in one batch, on the same
+prompts, greedy. The figure is the ratio of examples per second, all paths measured in
+this run, in `--repeats` interleaved repetitions (best and median reported, wall-clock
+and CPU time). The model is models/merged if
 it exists, else the built-in tiny model (untrained) built into a temporary folder;
 the prompts are data/prepared/eval.jsonl if it holds enough, else problems of the
 built-in task made the way `prepare` makes them. `--model` and `--prompts` pick one
@@ -86,6 +88,17 @@ def model_folder(choice: str | None, scratch: Path) -> tuple[str, str]:
     return str(folder), "built-in tiny model (untrained, built into a temp folder)"
 
 
+def generate_one(model, tokenizer, prompt: list[int], sampling: evaluation.Sampling) -> list[int]:
+    """One prompt's completion by transformers' generate with eval's decoding options: the baseline."""
+    stops = evaluation.stop_ids(tokenizer, model.generation_config)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    input_ids = torch.tensor([prompt], device=model.device)
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                             **evaluation.decoding_options(sampling, stops, pad_id))
+    return evaluation.cut_at_stop(out[0, len(prompt):].tolist(), stops)
+
+
 def measure(fn) -> tuple[float, float, object]:
     """(wall seconds, CPU seconds of this process, result). CPU time is what contention on a shared
     machine disturbs least; wall time is what a user waits."""
@@ -127,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         sampling = evaluation.Sampling(max_new_tokens=args.max_new_tokens)
         single_prompts = prompts[: args.single_examples]
         paths = {  # name -> (examples, how to generate them)
-            "one at a time": (len(single_prompts), lambda: [evaluation.generate_transformers(
+            "one at a time": (len(single_prompts), lambda: [generate_one(model, tokenizer, p, sampling)
+                                                            for p in single_prompts]),
+            "eval's loop, batch 1": (len(single_prompts), lambda: [evaluation.generate_transformers(
                 model, tokenizer, [p], batch_size=1, sampling=sampling)[0] for p in single_prompts]),
             f"batched, batch {args.batch_size}": (len(prompts), lambda: evaluation.generate_transformers(
                 model, tokenizer, prompts, batch_size=args.batch_size, sampling=sampling)),
@@ -171,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats,
         "mean_completion_tokens": statistics.mean(len(c) for c in outputs[default_name]),
+        # eval's batched greedy completions are generate's, token for token
         "same_completions": outputs[default_name][: len(single_out)] == single_out,
         "paths": table,
         "speedup_default_median": table[default_name]["speedup_median"],
@@ -185,10 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model: {model_label}; prompts: {prompt_source}; greedy, max_new_tokens {args.max_new_tokens}; "
           f"{args.repeats} interleaved repeats; torch threads {result['torch_threads']}; "
           f"load average {result['load_average'][0]:.1f}")
-    print(f"{'path':<22}{'examples':>9}{'ex/s median':>13}{'ex/s best':>11}{'x median':>10}{'x best':>9}"
+    print(f"{'path':<24}{'examples':>9}{'ex/s median':>13}{'ex/s best':>11}{'x median':>10}{'x best':>9}"
           f"{'x cpu-time':>12}")
     for name, row in table.items():
-        print(f"{name:<22}{row['examples']:>9}{row['examples_per_s_median']:>13.1f}{row['examples_per_s_best']:>11.1f}"
+        print(f"{name:<24}{row['examples']:>9}{row['examples_per_s_median']:>13.1f}{row['examples_per_s_best']:>11.1f}"
               f"{row['speedup_median']:>10.1f}{row['speedup_best']:>9.1f}{row['speedup_cpu_median']:>12.1f}")
     print(f"default backend (eval.batch_size {args.batch_size}) vs one-at-a-time generate: "
           f"{result['speedup_default_median']:.1f}x (median wall); identical completions: {result['same_completions']}")

@@ -274,7 +274,7 @@ def stage_overhead(work: Path, scale: Scale) -> list[Row]:
 
 @benchmark("eval_throughput")
 def eval_throughput(work: Path, scale: Scale) -> list[Row]:
-    """Batched eval vs one-at-a-time generate on the trained default model (benchmarks/eval_throughput.py)."""
+    """Batched eval vs one-at-a-time `generate` on the trained default model (benchmarks/eval_throughput.py)."""
     model = work / "models" / "merged"
     if not model.is_dir():
         run([*DVC, "repro", "merge"], work)
@@ -287,7 +287,9 @@ def eval_throughput(work: Path, scale: Scale) -> list[Row]:
     def rate(path: dict) -> dict:
         return {"max": path["examples_per_s_best"], "median": path["examples_per_s_median"], "n": len(path["seconds"])}
 
-    return [row(f"eval {name}", rate(path), rate(single), "examples/s", ">= 10x one at a time",
+    # The target is the batched paths'; eval's loop at batch 1 is shown for what the loop alone gains.
+    return [row(f"eval {name}", rate(path), rate(single), "examples/s",
+                ">= 10x one at a time" if name.startswith("batched") else "-",
                 note=f"median speed-up {path['speedup_median']:.1f}x", higher_is_better=True)
             for name, path in paths.items() if name != "one at a time"]
 

@@ -1,9 +1,11 @@
 """Evaluation: batched generation, per-example scoring, and the metrics that measure hallucination and backtracking.
 
-Generation is batched with left padding (one `generate` call per batch, prompts
-sorted by length so a batch pads little), which is what makes eval cheap enough
-to run on every experiment. Scoring works on token ids: a backtrack deletes one
-*token*, so the resolved text is rebuilt from ids, never from decoded text.
+Generation is batched (prompts sorted by length so a batch pads little), which is
+what makes eval cheap enough to run on every experiment. Greedy decoding runs its
+own loop (`decode_greedy`) rather than `generate`: the batch's shared prefix (system
+prompt, chat template) is read once, and the KV cache grows in place; sampling goes
+through `generate`. Scoring works on token ids: a backtrack deletes one *token*, so
+the resolved text is rebuilt from ids, never from decoded text.
 
 Definitions (one example = one prompt and its one completion):
 
@@ -26,6 +28,7 @@ Definitions (one example = one prompt and its one completion):
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,7 +117,8 @@ def decoding_options(sampling: Sampling, stops: set[int], pad_id: int) -> dict[s
 
 def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, batch_size: int,
                           sampling: Sampling) -> list[list[int]]:
-    """Completion ids for each prompt (in input order), batch by batch with left padding."""
+    """Completion ids for each prompt (in input order), batch by batch: greedy by `decode_greedy`, sampled by
+    `generate` with left padding."""
     import torch
 
     stops = stop_ids(tokenizer, getattr(model, "generation_config", None))
@@ -126,14 +130,149 @@ def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        input_ids, attention = left_padded([prompts[i] for i in chunk], pad_id)
-        width = input_ids.shape[1]
-        with torch.inference_mode():
-            generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                       **options)
+        if sampling.do_sample:
+            input_ids, attention = left_padded([prompts[i] for i in chunk], pad_id)
+            with torch.inference_mode():
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                           **options)[:, input_ids.shape[1]:]
+        else:
+            generated = decode_greedy(model, [prompts[i] for i in chunk], stops=stops, pad_id=pad_id,
+                                      max_new_tokens=sampling.max_new_tokens)
         for row, index in enumerate(chunk):
-            out[index] = cut_at_stop(generated[row, width:].tolist(), stops)
+            out[index] = cut_at_stop(generated[row].tolist(), stops)
     return out
+
+
+def decode_greedy(model: Any, sequences: Sequence[Sequence[int]], *, stops: set[int], pad_id: int,
+                  max_new_tokens: int, logits_processor: Any = None, stopping_criteria: Any = None) -> Any:
+    """One batch's new tokens under greedy decoding, a (rows, steps) tensor with pad after a row's end: what
+    `generate(do_sample=False)` returns after the prompt, with its contract (logits processors see the whole
+    sequence and the float32 scores before the argmax; a row ends at a stop id or when a stopping criterion
+    says so; the batch ends when every row has, or at max_new_tokens), computed cheaper:
+
+    - the prefix every sequence shares (system prompt, chat template, the probe's context) is read once and
+      its cache copied to each row: the batch is laid out prefix | padding | rest, the padding masked and the
+      positions counted over real tokens, so each row sees exactly its own sequence;
+    - the KV cache grows in place (`_growing_layer`) where `generate`'s copies it whole at every step.
+
+    Eval's greedy completions and the rollback decoder's rounds both come from here, so a rollback round is
+    computed exactly as the greedy batch it stands for.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    rows = len(sequences)
+    shared = _shared_prefix(sequences)
+    rest, rest_mask = left_padded([s[shared:] for s in sequences], pad_id)
+    prefix = torch.tensor([list(sequences[0][:shared])], dtype=torch.long).expand(rows, shared)
+    input_ids = torch.cat([prefix, rest], dim=1).to(device)
+    mask = torch.cat([torch.ones((rows, shared), dtype=torch.long), rest_mask], dim=1).to(device)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate counts them: over real tokens
+    width = input_ids.shape[1]
+    kv = _kv_cache(model, width + max_new_tokens)
+    cache = {_cache_keyword(model): kv, "use_cache": True, "logits_to_keep": 1}
+    stop = torch.tensor(sorted(stops), device=device)
+    unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+    with torch.inference_mode():
+        if shared:
+            model(input_ids=input_ids[:1, :shared], position_ids=positions[:1, :shared], **cache)
+            kv.batch_repeat_interleave(rows)
+        out = model(input_ids=input_ids[:, shared:], attention_mask=mask, position_ids=positions[:, shared:], **cache)
+        for step in range(max_new_tokens):
+            scores = out.logits[:, -1].to(dtype=torch.float32, copy=True)
+            if logits_processor is not None:
+                scores = logits_processor(input_ids, scores)
+            tokens = torch.where(unfinished, scores.argmax(-1), pad_id)
+            input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
+            unfinished &= ~torch.isin(tokens, stop)
+            if stopping_criteria is not None:
+                unfinished &= ~stopping_criteria(input_ids, scores)
+            if step + 1 == max_new_tokens or not unfinished.any():
+                break
+            mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **cache)
+    return input_ids[:, width:]
+
+
+def _shared_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading ids every sequence of a batch shares, leaving each at least one of its own (the forward
+    pass over the rest gives each row its first next-token scores); 0 for a single sequence."""
+    if len(sequences) < 2:
+        return 0
+    limit = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    length = 0
+    while length < limit and all(s[length] == first[length] for s in sequences):
+        length += 1
+    return length
+
+
+def _cache_keyword(model: Any) -> str:
+    """The forward() keyword of the KV cache: transformers 5 renames past_key_values to cache (a PEFT model
+    passes it through to the model it wraps)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _kv_cache(model: Any, capacity: int) -> Any:
+    """A DynamicCache whose layers grow in place up to `capacity` tokens; transformers' own layers where the
+    model's are not plain full-attention ones (sliding windows and the like keep their own rules)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=getattr(model, "config", None))
+    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        growing = _growing_layer()
+        cache.layers = [growing(capacity) for _ in cache.layers]
+    return cache
+
+
+@functools.cache
+def _growing_layer() -> type:
+    """The class of a cache layer that grows in place (defined on first use: transformers loads lazily)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer over a preallocated buffer: `update` writes the new keys and values into it and the
+        layer's keys / values are views of what is filled, where DynamicLayer concatenates (a copy of the whole
+        cache per layer and step, most of the time of a small model's decoding step). Same values, same
+        attention: only the storage differs. Supports what decode_greedy asks: update and repeating a
+        one-row prefix over the batch."""
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity = capacity
+            self.length = 0
+            self.key_buffer = self.value_buffer = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if self.key_buffer is None or end > self.key_buffer.shape[-2]:  # first use, or past the capacity
+                size = max(end, self.capacity)
+                grown = [states.new_empty((*states.shape[:2], size, states.shape[-1]))
+                         for states in (key_states, value_states)]
+                if self.key_buffer is not None:
+                    for buffer, old in zip(grown, (self.key_buffer, self.value_buffer), strict=True):
+                        buffer[:, :, :self.length] = old[:, :, :self.length]
+                self.key_buffer, self.value_buffer = grown
+            self.key_buffer[:, :, self.length:end] = key_states
+            self.value_buffer[:, :, self.length:end] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.key_buffer is not None:
+                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+                self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+    return GrowingLayer
 
 
 def generate_vllm(model_path: str, tokenizer: Any, prompts: Sequence[list[int]], *, sampling: Sampling,

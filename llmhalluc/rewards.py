@@ -384,7 +384,7 @@ def resolve_max_backtracks(options: RewardsParams, sft_lengths: dict[str, Any] |
     and what the resolved params and lineage record.
 
     auto = max(1, AUTO_MARGIN x the most backtracks one SFT example carried): `lengths.max_backtracks`,
-    which train_sft records in the start model's lineage (sft_lengths: lineage.trained_lengths of it).
+    which train_sft records in the start model's lineage (sft_lengths: its Lineage.lengths).
     The count is in backtrack tokens, so it fits the unit the model was trained with: ~20 per wrong
     step for `token` with a real tokenizer, 1 per wrong step for `step` and `retry`; error-free SFT
     data gives 1 (the floor: the over-cap penalty divides by it). An int is kept as it is. With no

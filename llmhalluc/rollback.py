@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmhalluc.backtrack.retraction import Retraction
-from llmhalluc.evaluation import decoding_options, left_padded, stop_ids
+from llmhalluc.evaluation import left_padded, stop_ids
 
 
 @dataclass
@@ -113,25 +113,18 @@ def generate_rollback(model: Any, tokenizer: Any, prompts: Sequence[list[int]], 
 
 def _round(model: Any, chunk: list[_Row], backtrack_id: int, stops: set[int], pad_id: int,
            max_retries: int) -> list[list[int]]:
-    """One greedy generate call for a batch of rows: each row's new tokens, up to where it stopped."""
-    import torch
-    from transformers import LogitsProcessorList, StoppingCriteriaList
+    """One greedy decoding of a batch of rows (evaluation.decode_greedy, as greedy eval decodes a batch): each
+    row's new tokens, up to where it stopped."""
+    from llmhalluc.evaluation import decode_greedy
 
-    from llmhalluc.evaluation import Sampling
-
-    input_ids, attention = left_padded([r.prompt + r.kept for r in chunk], pad_id)
-    width = input_ids.shape[1]
+    sequences = [r.prompt + r.kept for r in chunk]
+    width = max(len(s) for s in sequences)
     watch = _Watch(chunk, backtrack_id, width)
     longest = max(r.limit - len(r.kept) for r in chunk)  # >= 1: a row at its limit is done
     # Room for the longest row's budget, a run of backtracks as long and the dropped token; the watch stops rows.
-    options = decoding_options(Sampling(max_new_tokens=2 * longest + 1), stops, pad_id)
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **options,
-                                   logits_processor=LogitsProcessorList([_Bans(chunk, backtrack_id, width,
-                                                                               max_retries)]),
-                                   stopping_criteria=StoppingCriteriaList([watch]))
-    return [generated[index, width:].tolist()[:stop] for index, stop in enumerate(watch.stopped_at)]
+    generated = decode_greedy(model, sequences, stops=stops, pad_id=pad_id, max_new_tokens=2 * longest + 1,
+                              logits_processor=_Bans(chunk, backtrack_id, width, max_retries), stopping_criteria=watch)
+    return [generated[index].tolist()[:stop] for index, stop in enumerate(watch.stopped_at)]
 
 
 def _apply(row: _Row, new: list[int], retraction: Retraction, stops: set[int]) -> list[int] | None:

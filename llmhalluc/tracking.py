@@ -22,6 +22,8 @@ runs); `publish` puts them into the declared folder when the model is published.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import csv
 import io
 import json
@@ -61,6 +63,7 @@ class TrainerLive(DVCLiveCallback):
         live = Live(dir=str(directory), resume=resume_step is not None or step_offset > 0, report=None,
                     save_dvc_exp=False, dvcyaml=None)
         live.summary.update(summary or {})  # facts of the run beside the curves' last values (dvc metrics show)
+        atexit.register(close_dvc_repo, live)
         super().__init__(live=live, log_model=False)
 
     def setup(self, args, state, model) -> None:
@@ -86,6 +89,19 @@ class TrainerLive(DVCLiveCallback):
         if state.is_world_process_zero:
             self.live.step = self.step_offset + state.global_step
             self.live.end()
+
+
+def close_dvc_repo(live: Any) -> None:
+    """Close the DVC repo (and the git object store under it) that DVCLive opened to read the git state.
+
+    DVCLive never closes it, and its Studio thread (a daemon, never stopped) keeps the Live alive until
+    the interpreter shuts down, so dulwich's open pack files were finalised during shutdown; after a
+    Ctrl-C that printed "Exception ignored ... dulwich" blocks. Registered with atexit: it runs on a
+    finished run and an interrupted one alike, while the interpreter is whole."""
+    repo = getattr(live, "_dvc_repo", None)
+    if repo is not None:
+        with contextlib.suppress(Exception):  # cleanup at exit: a repo that will not close is no news to the user
+            repo.close()
 
 
 def _is_scalar(value: Any) -> bool:

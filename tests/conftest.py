@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("LLMHALLUC_CACHE_DIR", str(ROOT / ".pytest_cache" / "llmhalluc-schema"))
+# Eval evaluates every model afresh in tests unless one turns its cache on (tests/test_eval_stage.py does).
+os.environ.setdefault("LLMHALLUC_EVAL_CACHE", "0")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -47,7 +47,7 @@ def test_eval_throughput_alone_takes_the_builtin_model_and_generated_prompts(tmp
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["model"].startswith("built-in") and report["prompts"].startswith("generated")
-    assert set(report["paths"]) == {"one at a time", "batched, batch 2", "batched, batch 4"}
+    assert set(report["paths"]) == {"one at a time", "eval's loop, batch 1", "batched, batch 2", "batched, batch 4"}
 
 
 def test_smoke_figures_never_replace_the_published_results():

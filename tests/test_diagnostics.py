@@ -171,6 +171,7 @@ class Scripted:
         self.vocab = len(tokenizer)
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.generation_config = GenerationConfig(eos_token_id=self.eos)
+        self.read: dict[int, tuple] = {}  # id(cache) -> (cache, the ids read through it so far)
         self.plans = {}
         for r in records:
             segments = [tokenizer.encode((" " if i else "") + s, add_special_tokens=False)
@@ -216,27 +217,38 @@ class Scripted:
             row[self.bt] = float("-inf")
         return row
 
-    def __call__(self, input_ids, attention_mask, position_ids=None, logits_to_keep=0, output_hidden_states=False,
-                 **_):
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0,
+                 output_hidden_states=False, cache=None, **_):
         """Logits as the rule says; the hidden state is the rule's intent, one-hot on next_id before any mask
-        (so `never` knows a step is wrong, it ends there, and still never says backtrack)."""
+        (so `never` knows a step is wrong, it ends there, and still never says backtrack). With a cache, as
+        evaluation.decode_greedy drives it: the ids read before are the cache's (a one-row prefix repeats
+        over the batch), padding is masked wherever it stands."""
         import torch
 
-        width = input_ids.shape[1]
-        keep = logits_to_keep or width
-        logits = torch.zeros(input_ids.shape[0], keep, self.vocab)
-        hidden = torch.zeros(input_ids.shape[0], width, self.vocab)
-        for b in range(input_ids.shape[0]):
-            ids = input_ids[b][attention_mask[b].bool()].tolist()
-            offset = width - len(ids)
-            for column in range(max(offset, width - keep), width):
-                logits[b, column - (width - keep)] = self._logits(ids[:column - offset + 1])
-                hidden[b, column, self.next_id(ids[:column - offset + 1])] = 1.0
+        rows = input_ids.shape[0]
+        before = self.read[id(cache)][1] if cache is not None and id(cache) in self.read else None
+        full = input_ids if before is None else torch.cat([before.expand(rows, -1), input_ids], 1)
+        if cache is not None:
+            self.read[id(cache)] = (cache, full)  # the cache held: its id is not reused while it is a key
+        mask = attention_mask if attention_mask is not None else torch.ones_like(full)
+        width, new = full.shape[1], input_ids.shape[1]
+        keep = logits_to_keep or new
+        logits = torch.zeros(rows, keep, self.vocab)
+        hidden = torch.zeros(rows, new, self.vocab)
+        for b in range(rows):
+            for column in range(width - keep, width):
+                if mask[b, column]:
+                    ids = full[b, :column + 1][mask[b, :column + 1].bool()].tolist()
+                    logits[b, column - (width - keep)] = self._logits(ids)
+                    hidden[b, column - (width - new), self.next_id(ids)] = 1.0
         return SimpleNamespace(logits=logits, hidden_states=(hidden,) if output_hidden_states else None)
+
+    forward = __call__
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample=False,
                  temperature=None, logits_processor=(), stopping_criteria=(), **_):
-        """transformers' contract: processors before the choice, pad after a row ends, per-row stopping."""
+        """transformers' contract (sampled decoding goes through generate): processors before the choice, pad
+        after a row ends, per-row stopping."""
         import torch
 
         rows = [input_ids[b][attention_mask[b].bool()].tolist() for b in range(input_ids.shape[0])]

@@ -81,7 +81,27 @@ def first_run(workspace: Path) -> Path:
     (workspace / "params.yaml").write_text(eval_params((ROOT / "params.yaml").read_text()))
     result = run_stage_script("eval", workspace, "--params", "params.yaml")
     assert result.returncode == 0, result.stderr
+    (workspace / "eval-stdout.txt").write_text(result.stdout)  # what the user read (test_progress_...)
     return workspace
+
+
+def test_progress_per_model_and_part_then_a_table_of_key_results(first_run: Path):
+    lines = (first_run / "eval-stdout.txt").read_text().splitlines()
+    for name, path in (("sft", "models/a"), ("grpo", "models/b")):
+        at = lines.index(f"eval: {name} ({path}), model {['sft', 'grpo'].index(name) + 1} of 2")
+        parts = [line for line in lines[at + 1:] if line.startswith(f"eval: {name}: ")][:6]
+        assert [line.split(": ", 2)[2].split(" ")[0] for line in parts] == \
+            ["greedy", "probe", "sampled:", "own", "rollback", "done"], parts
+        assert parts[0] == f"eval: {name}: greedy answers to 6 problems (transformers)"
+        assert parts[1] == f"eval: {name}: probe plausible: 6 wrong steps in 6 problems"
+        assert parts[2] == f"eval: {name}: sampled: 6 problems x 4 samples"
+        assert parts[4].startswith(f"eval: {name}: rollback decoding of 6 problems (")
+    metrics = json.loads((first_run / "metrics" / "eval.json").read_text())
+    table = lines[lines.index("  model  accuracy  rollback  detection  correction  false pos  probe"):][:3]
+    for row, name in zip(table[1:], ("sft", "grpo"), strict=True):
+        assert row.split()[:2] == [name, f"{metrics[name]['accuracy']:.3f}"]
+        assert row.split()[-1] == "plausible"
+    assert "None" not in "\n".join(lines) and lines[-1].startswith("eval: done in ")
 
 
 def test_metrics_put_every_model_side_by_side(first_run: Path):
@@ -191,6 +211,45 @@ def test_same_params_same_results(first_run: Path):
     assert result.returncode == 0, result.stderr
     after = (first_run / "metrics" / "eval.json").read_text(), (first_run / "eval" / "predictions.csv").read_text()
     assert before == after
+
+
+def _outs(root: Path) -> dict[str, bytes]:
+    """Every file eval writes (its out, the plots, the metrics), by path: what DVC hashes."""
+    return {str(f.relative_to(root)): f.read_bytes() for folder in ("eval", "plots", "metrics")
+            for f in sorted((root / folder).rglob("*")) if f.is_file()}
+
+
+def test_a_model_whose_inputs_did_not_change_is_not_evaluated_again(workspace: Path, first_run: Path,
+                                                                     tmp_path: Path, monkeypatch):
+    """The GRPO experiment's case: the SFT model's block comes from the eval cache, the outs as a fresh eval's."""
+    monkeypatch.setenv("LLMHALLUC_EVAL_CACHE", "1")
+    monkeypatch.setenv("LLMHALLUC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "data").symlink_to(workspace / "data")
+    (tmp_path / "models").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "models" / name).symlink_to(workspace / "models" / name)
+    (tmp_path / "params.yaml").write_text((workspace / "params.yaml").read_text())
+
+    fresh = run_stage_script("eval", tmp_path, "--params", "params.yaml")  # both evaluated, both kept
+    assert fresh.returncode == 0, fresh.stderr
+    assert "reused" not in fresh.stdout and len(list((tmp_path / "cache" / "eval").glob("*.json"))) == 2
+    assert _outs(tmp_path) == _outs(first_run)  # the cache changes nothing in a fresh eval
+
+    again = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert again.returncode == 0, again.stderr
+    for name in ("sft", "grpo"):
+        assert f"eval: {name}: reused from the eval cache (same model files, eval params, data and code" \
+            in again.stdout
+    assert "greedy answers" not in again.stdout
+    assert _outs(tmp_path) == _outs(first_run)  # byte for byte
+
+    # A new GRPO model (another folder's files at the same path): SFT reused, GRPO evaluated.
+    (tmp_path / "models" / "b").unlink()
+    build_model(tmp_path / "models" / "b", seed=3)
+    changed = run_stage_script("eval", tmp_path, "--params", "params.yaml")
+    assert changed.returncode == 0, changed.stderr
+    assert "eval: sft: reused" in changed.stdout and "eval: grpo: reused" not in changed.stdout
+    assert "eval: grpo: greedy answers to 6 problems" in changed.stdout
 
 
 # --------------------------------------------------------------------------- errors leave earlier outs intact

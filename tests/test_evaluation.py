@@ -224,3 +224,29 @@ def test_a_checkpoints_decoding_knobs_do_not_leak_into_greedy_eval(tiny):
         assert evaluation.generate_transformers(model, tokenizer, prompts, batch_size=1, sampling=sampling) == plain
     finally:
         config.repetition_penalty, config.top_k = saved
+
+
+def test_greedy_decoding_is_generates_greedy_decoding(tiny):
+    """decode_greedy (shared prefix read once, cache grown in place) writes what transformers' generate writes."""
+    import torch
+
+    model, tokenizer = tiny
+    questions = ["Start with 3. Add 4.", "Start with 1. Add 1. Add 1. Add 1. Add 1. What is it?", "Add 9.",
+                 "Start with 3. Add 5."]
+    prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    assert evaluation._shared_prefix(prompts) >= 5  # the chat template's opening is read once
+    stops = evaluation.stop_ids(tokenizer, model.generation_config)
+    sampling = evaluation.Sampling(max_new_tokens=10)
+    input_ids, attention = evaluation.left_padded(prompts, tokenizer.pad_token_id)
+    with torch.inference_mode():
+        expected = model.generate(input_ids=input_ids, attention_mask=attention,
+                                  **evaluation.decoding_options(sampling, stops, tokenizer.pad_token_id))
+    got = evaluation.decode_greedy(model, prompts, stops=stops, pad_id=tokenizer.pad_token_id, max_new_tokens=10)
+    assert got.tolist() == expected[:, input_ids.shape[1]:].tolist()
+
+
+def test_a_shared_prefix_leaves_every_row_a_token_of_its_own():
+    assert evaluation._shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
+    assert evaluation._shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert evaluation._shared_prefix([[1, 2], [3, 2]]) == 0
+    assert evaluation._shared_prefix([[1, 2, 3]]) == 0  # one row: nothing to share

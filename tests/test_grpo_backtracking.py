@@ -150,22 +150,16 @@ def test_bias_in_rollouts_absent_from_the_saved_model_and_eval(tmp_path: Path, s
     saved = json.loads((tmp_path / "models/grpo/generation_config.json").read_text())
     assert "sequence_bias" not in saved and "logit_bias" not in saved
 
-    # Not in eval: the model eval loads has none, and eval's generate gets none.
+    # Not in eval: the model eval loads has none, and eval's greedy decoding (evaluation.decode_greedy) reads the
+    # model's logits alone, no generation config: a bias left in one would not reach it either.
     model, tok = load_model_and_tokenizer(str(tmp_path / "models/grpo"))
     assert model.generation_config.sequence_bias is None
-    calls: list[dict] = []
-    generate = model.generate
-
-    def spy(**kwargs):
-        calls.append(kwargs)
-        return generate(**kwargs)
-
-    monkeypatch.setattr(model, "generate", spy)
     prompt = tok.apply_chat_template([{"role": "user", "content": "Start with 3. Add 4."}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)
-    out = evaluation.generate_transformers(model, tok, [prompt], batch_size=1, sampling=evaluation.Sampling(
-        do_sample=False, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0))
-    assert calls and not any({"sequence_bias", "logit_bias", "logits_processor"} & set(kw) for kw in calls)
+    greedy = evaluation.Sampling(do_sample=False, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
+    out = evaluation.generate_transformers(model, tok, [prompt], batch_size=1, sampling=greedy)
+    model.generation_config.sequence_bias = [[[bt], BIAS]]
+    assert evaluation.generate_transformers(model, tok, [prompt], batch_size=1, sampling=greedy) == out
     assert out[0].count(bt) < len(out[0]) or not out[0]  # greedy from the model alone, not the biased sampler
 
     # The per-step curves reach DVCLive and the plots dvc.yaml declares.

@@ -197,6 +197,15 @@ def check_seeds(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         check_params_edits(parsed.set_param, tmp_path)
 
 
+def check_results(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m llmhalluc.results`: its own options, and the ones it passes to `dvc exp show` by DVC's parser
+    (tests/test_results.py runs it on real DVC experiments)."""
+    from llmhalluc import results
+
+    _, passed = results.build_parser().parse_known_args(args)
+    check_dvc(["exp", "show", "--json", *passed], tmp_path, monkeypatch)
+
+
 #: Benchmark scripts: their own parsers (tests/test_benchmarks.py runs both to the end at smoke size).
 BENCHMARK_PARSERS = {"benchmarks/run.py": lambda: load_script("benchmarks/run.py").parse_args,
                      "benchmarks/eval_throughput.py": lambda: load_script("benchmarks/eval_throughput.py").parse_args,
@@ -219,5 +228,7 @@ def test_readme_command_is_checked(doc: str, cmd: tuple[str, ...], tmp_path: Pat
         check_pip_install(args[1:])
     elif program == "python" and args[:2] == ["-m", "llmhalluc.seeds"]:
         check_seeds(args[2:], tmp_path, monkeypatch)
+    elif program == "python" and args[:2] == ["-m", "llmhalluc.results"]:
+        check_results(args[2:], tmp_path, monkeypatch)
     else:
         pytest.fail(f"{doc}: `{shlex.join(cmd)}` is a command no check covers; add one to {Path(__file__).name}")

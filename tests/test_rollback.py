@@ -1,6 +1,6 @@
 """The rollback decoder on scripted models whose every next token is fixed by hand, driven through the same
-generate() contract transformers gives (logits processors before the argmax, per-row stopping criteria, pad
-after a row ends), and on a real tiny transformer against plain greedy decoding.
+decoding contract transformers' generate() gives (logits processors before the argmax, per-row stopping criteria,
+pad after a row ends), and on a real tiny transformer against plain greedy decoding.
 
 What must hold: the retracted tokens leave the context (the model is never asked to go on from them), the
 excluded continuation is never emitted again at the same point, the retries stop at their bound, and a model
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,9 @@ class Tokenizer:
 
 class Scripted:
     """A causal LM whose logits are a rule over the assistant ids so far: rule(ids) -> {token: logit}, every other
-    token at 0. generate() follows transformers' contract; every context it is asked to continue is recorded."""
+    token at 0. Its forward follows transformers' cached contract as evaluation.decode_greedy drives it (the ids
+    already read are in the cache, a batch may start from a one-row prefix repeated over the rows, padding is
+    masked wherever it stands); every context it is asked to continue is recorded."""
 
     def __init__(self, rule) -> None:
         import torch
@@ -58,6 +61,7 @@ class Scripted:
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.generation_config = GenerationConfig(eos_token_id=EOS)
         self.contexts: list[list[int]] = []
+        self.read: dict[int, Any] = {}  # id(cache) -> the ids read through it so far
 
     def parameters(self):
         return iter([self.anchor])
@@ -70,41 +74,27 @@ class Scripted:
             row[token] = logit
         return row
 
-    def __call__(self, input_ids, attention_mask, position_ids=None, logits_to_keep=0, **_):
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, cache=None, **_):
         import torch
 
-        width = input_ids.shape[1]
-        keep = logits_to_keep or width
-        logits = torch.zeros(input_ids.shape[0], keep, len(WORDS))
-        for b in range(input_ids.shape[0]):
-            real = input_ids[b][attention_mask[b].bool()].tolist()
-            offset = width - len(real)
-            for column in range(max(offset, width - keep), width):
-                logits[b, column - (width - keep)] = self._logits(real[:column - offset + 1])
+        rows = input_ids.shape[0]
+        before = self.read.get(id(cache)) if cache is not None else None
+        full = input_ids if before is None else torch.cat([before.expand(rows, -1), input_ids], 1)
+        mask = attention_mask if attention_mask is not None else torch.ones_like(full)
+        if cache is not None:
+            self.read[id(cache)] = full
+            if attention_mask is not None and (before is None or before.shape[0] != rows):  # a batch starts
+                self.contexts += [full[b][mask[b].bool()].tolist() for b in range(rows)]
+        width = full.shape[1]
+        keep = logits_to_keep or input_ids.shape[1]
+        logits = torch.zeros(rows, keep, len(WORDS))
+        for b in range(rows):
+            for k, column in enumerate(range(width - keep, width)):
+                if mask[b, column]:
+                    logits[b, k] = self._logits(full[b, :column + 1][mask[b, :column + 1].bool()].tolist())
         return SimpleNamespace(logits=logits)
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, logits_processor=(),
-                 stopping_criteria=(), **_):
-        import torch
-
-        rows = [input_ids[b][attention_mask[b].bool()].tolist() for b in range(input_ids.shape[0])]
-        self.contexts += [list(r) for r in rows]
-        out = input_ids.clone()
-        unfinished = torch.ones(len(rows), dtype=torch.bool)
-        for _step in range(max_new_tokens):
-            scores = torch.stack([self._logits(r) for r in rows])
-            for processor in logits_processor:
-                scores = processor(out, scores)
-            chosen = torch.where(unfinished, scores.argmax(-1), torch.tensor(pad_token_id))
-            out = torch.cat([out, chosen[:, None]], dim=1)
-            for b, token in enumerate(chosen.tolist()):
-                rows[b].append(token)
-            unfinished &= ~torch.isin(chosen, torch.tensor(eos_token_id))
-            for criterion in stopping_criteria:
-                unfinished &= ~criterion(out, scores)
-            if not unfinished.any():
-                break
-        return out
+    forward = __call__
 
 
 def follow(path: list[int]):

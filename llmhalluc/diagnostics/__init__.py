@@ -40,7 +40,7 @@ generate, through evaluation.generate_transformers like the main eval.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -128,12 +128,15 @@ def enabled(p: EvalParams) -> bool:
 
 
 def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack_id: int, p: EvalParams,
-             score: Scorer, unit: str = "token", trained: str = "plausible") -> Diagnosis:
+             score: Scorer, unit: str = "token", trained: str = "plausible",
+             log: Callable[[str], None] | None = None) -> Diagnosis:
     """The probe, own errors and the sampled eval for one loaded model, as eval.probe / own_errors / sampled
     switch them. A model without a backtrack token (backtrack_id -1) has nothing to probe: sampled only.
     unit is the model's retraction unit (the probe's retraction follows it; `score` must resolve by it);
     trained the kind of wrong step it was trained on (`trained_kind`), what eval.probe.kinds' `trained` names.
-    The probe's metrics are one block per kind: metrics["probe"][kind]."""
+    The probe's metrics are one block per kind: metrics["probe"][kind]. log, if given, hears each part as
+    it starts, with its size (eval's progress)."""
+    say = log or (lambda message: None)
     from llmhalluc.backtrack.retraction import retraction_for
     from llmhalluc.rng import seed_everything
 
@@ -152,6 +155,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
         for kind in probe_kinds(p.probe.kinds, trained):
             items = probe_items(tokenizer, records[:p.probe.problems], backtrack_id=backtrack_id, seed=p.seed,
                                 unit=unit, positions=p.probe.positions, kind=kind)
+            say(f"probe {kind}: {len(items)} wrong steps in {len(records[:p.probe.problems])} problems")
             rows = run_probe(model, tokenizer, items, backtrack_id=backtrack_id, batch_size=p.batch_size,
                              max_new_tokens=p.max_new_tokens, score=score, rollback=rollback)
             metrics["probe"][kind] = summarize_probe(rows)
@@ -162,6 +166,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
         prompts = [prompt(r) for r in subset for _ in range(p.sampled.n)]
         sampling = evaluation.Sampling(max_new_tokens=p.max_new_tokens, do_sample=True, temperature=p.temperature,
                                        top_p=p.top_p, seed=p.seed)
+        say(f"sampled: {len(subset)} problems x {p.sampled.n} samples")
         seed_everything(p.seed)  # per model, like the greedy eval: samples do not depend on earlier models
         samples = evaluation.generate_transformers(model, tokenizer, prompts, batch_size=p.batch_size,
                                                    sampling=sampling)
@@ -171,6 +176,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
         if p.sampled.enabled:
             metrics["sampled"] = summarize_samples(sample_rows, p.sampled.k)
         if p.own_errors.enabled and has_token:
+            say(f"own errors: the steps of {len(samples)} samples")
             steps = own_error_rows(model, tokenizer, prompts, samples, backtrack_id=backtrack_id,
                                    batch_size=p.batch_size, unit=unit)
             for row, found in zip(sample_rows, steps, strict=True):
