@@ -47,7 +47,7 @@ def fingerprint(resolved_params: dict[str, Any], inputs: dict[str, Any]) -> dict
 def model_identity(folder: str | Path) -> str:
     """A start model's part of the fingerprint: its safetensors files by content (a new SFT model is a new
     run); a name that is no folder (a hub id) stands for itself."""
-    from llmhalluc.lineage import file_sha256
+    from llmhalluc.content_hash import file_sha256
 
     path = Path(folder)
     if not path.is_dir():

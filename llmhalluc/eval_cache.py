@@ -5,7 +5,7 @@ whole: it would evaluate the unchanged SFT model again in every experiment. So e
 model's block (its metrics, predictions and diagnostics rows) here, keyed by everything that
 determines it:
 
-- the model: the hash of its folder's files (lineage.folder_sha256), and for a LoRA adapter folder
+- the model: the hash of its folder's files (content_hash.folder_sha256), and for a LoRA adapter folder
   the model it is applied to (its parent's folder, or its base: a local folder by its files, a hub
   model by its recorded revision). A hub id with nothing to pin it is never cached;
 - the eval params that change results (all of params.yaml[eval] but where models live, what they
@@ -33,7 +33,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llmhalluc.lineage import base_location, folder_sha256, library_versions, read_lineage
+from llmhalluc.content_hash import folder_sha256
+from llmhalluc.lineage import base_location, library_versions, read_lineage
 from llmhalluc.outputs import write_atomically
 
 #: The environment switch: 0 / off / false / no turns the cache off (nothing read, nothing written).

@@ -45,7 +45,6 @@ key is read with its absence in mind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -53,6 +52,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from llmhalluc.content_hash import file_sha256, folder_sha256
 from llmhalluc.errors import DataError
 
 LINEAGE_FILE = "lineage.json"
@@ -281,14 +281,6 @@ def warn_if_truncated(lengths: dict[str, int], max_length: int | None, examples:
     return True
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_record(path: str | Path) -> dict[str, str]:
     """What identifies the training data: its path and content hash."""
     return {"path": str(path), "sha256": file_sha256(path)}
@@ -360,19 +352,6 @@ def hub_revision(name_or_path: str, cache_dir: str | Path | None = None) -> str 
         return None
     parts = Path(found).parts
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-
-
-def folder_sha256(folder: str | Path) -> str:
-    """One hash of a model folder's files (names and contents), for a base that has no hub revision.
-
-    A local base is only a path otherwise: replace the files under it and a lineage that
-    names the path would describe another model without anyone noticing.
-    """
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{file_sha256(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def base_record(name_or_path: str, *, saved_as: str | None = None, revision: str | None = None,

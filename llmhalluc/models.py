@@ -202,7 +202,7 @@ def dequantized_gguf(name_or_path: str, gguf_file: str, *, expect_sha256: str | 
     other. Returns the folder and ``{"file", "sha256"}`` for the lineage. ``expect_sha256``
     (a rebuild from lineage) refuses a GGUF that is not the one trained on.
     """
-    from llmhalluc.lineage import file_sha256
+    from llmhalluc.content_hash import file_sha256
     from llmhalluc.params.trl_schema import cache_dir as default_cache
 
     source = gguf_path(name_or_path, gguf_file)

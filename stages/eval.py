@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmhalluc.answers import AnswerRules
+from llmhalluc.content_hash import file_sha256
 from llmhalluc.datasets.records import read_answer_rules, read_jsonl
 from llmhalluc.datasets.splits import normalize_question
 from llmhalluc.errors import DataError
 from llmhalluc.launcher import say
-from llmhalluc.lineage import file_sha256, read_lineage, warn_if_cut
+from llmhalluc.lineage import read_lineage, warn_if_cut
 from llmhalluc.outputs import staged_output, write_atomically
 from llmhalluc.params import Section, resolved, write_resolved
 from llmhalluc.results import model_table

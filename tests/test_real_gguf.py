@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from llmhalluc.lineage import file_sha256, folder_sha256
+from llmhalluc.content_hash import file_sha256, folder_sha256
 from llmhalluc.params.trl_schema import cache_dir
 from tests.test_prepare import GSM8K_STYLE_TEST, GSM8K_STYLE_TRAIN
 from tests.tiny_project import run

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from llmhalluc.backtrack.encoding import encode_records
-from llmhalluc.lineage import folder_sha256
+from llmhalluc.content_hash import folder_sha256
 from tests.conftest import ROOT
 from tests.tiny_project import run
 

@@ -12,8 +12,8 @@ import torch
 
 from llmhalluc.backtrack.encoding import IGNORE_INDEX, encode_records
 from llmhalluc.backtrack.token import add_backtrack_token
+from llmhalluc.content_hash import folder_sha256
 from llmhalluc.datasets.records import Error, Record, chat_prompt
-from llmhalluc.lineage import folder_sha256
 from llmhalluc.models import load_model_and_tokenizer
 from llmhalluc.tiny_model import build_tiny_model
 from tests.tiny_project import TINY, run
