@@ -1,6 +1,6 @@
-"""Every command the READMEs tell a user to run still works, or at least still parses.
+"""Every command the READMEs and docs/ tell a user to run still works, or at least still parses.
 
-The commands are read from the READMEs themselves (fenced `bash` blocks, and inline
+The commands are read from the pages themselves (fenced `bash` blocks, and inline
 `dvc ...` / `python ...` spans), so a command that is added, renamed or misspelled
 there is checked too, and one that no check below knows fails the test. Each kind of
 command gets the strongest check that fits in a test:
@@ -35,7 +35,9 @@ from llmhalluc.errors import ParamsError
 from llmhalluc.params import load_section
 from tests.conftest import ROOT, load_script
 
-DOCS = ("README.md", "benchmarks/README.md")
+#: Every page a user reads: the READMEs and docs/ (guides and results pages).
+DOCS = ("README.md", "benchmarks/README.md", "configs/README.md",
+        *sorted(str(path.relative_to(ROOT)) for path in (ROOT / "docs").rglob("*.md")))
 
 #: Setup steps of the README's two install lines; CI runs them (tests/test_repo_contract.py).
 SETUP = {
@@ -62,8 +64,21 @@ def fenced_commands(text: str) -> list[list[str]]:
     for block in re.findall(r"^\s*```bash\n(.*?)^\s*```", text, re.MULTILINE | re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             tokens = shlex.split(line, comments=True)
-            steps += [list(group) for is_and, group in itertools.groupby(tokens, lambda t: t == "&&") if not is_and]
+            steps += [bare_command(list(group))
+                      for is_and, group in itertools.groupby(tokens, lambda t: t == "&&") if not is_and]
     return steps
+
+
+def bare_command(step: list[str]) -> list[str]:
+    """A command without the shell around it: leading environment assignments (`OMP_NUM_THREADS=1 dvc ...`)
+    and an output redirection (`dvc exp show --json > file`)."""
+    while step and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", step[0]):
+        step = step[1:]
+    for redirect in (">", ">>"):
+        if redirect in step:
+            at = step.index(redirect)
+            step = step[:at] + step[at + 2:]
+    return step
 
 
 def inline_commands(text: str) -> list[list[str]]:
@@ -98,7 +113,8 @@ def readme_registry(tmp_path: Path) -> Path:
     `# configs/datasets.yaml`): a README command may pick an entry the README told the user to add."""
     text = (ROOT / "configs" / "datasets.yaml").read_text()
     known = set(YAML(typ="safe").load(text) or {})
-    for block in re.findall(r"^```yaml\n(.*?)^```", (ROOT / "README.md").read_text(), re.MULTILINE | re.DOTALL):
+    pages = "\n".join((ROOT / doc).read_text() for doc in DOCS)
+    for block in re.findall(r"^```yaml\n(.*?)^```", pages, re.MULTILINE | re.DOTALL):
         if block.startswith("# configs/datasets.yaml\n"):
             shown = YAML(typ="safe").load(block) or {}
             added = {name: entry for name, entry in shown.items() if name not in known}  # the README may show one
@@ -206,6 +222,13 @@ def check_results(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPat
     check_dvc(["exp", "show", "--json", *passed], tmp_path, monkeypatch)
 
 
+def check_report_script(script: str) -> None:
+    """A results page's own script (reports/<subject>/<script>.py): it exists and its command line answers --help."""
+    assert (ROOT / script).is_file(), f"{script} does not exist"
+    result = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"python {script} --help exited {result.returncode}:\n{result.stderr}"
+
+
 #: Benchmark scripts: their own parsers (tests/test_benchmarks.py runs both to the end at smoke size).
 BENCHMARK_PARSERS = {"benchmarks/run.py": lambda: load_script("benchmarks/run.py").parse_args,
                      "benchmarks/eval_throughput.py": lambda: load_script("benchmarks/eval_throughput.py").parse_args,
@@ -224,6 +247,8 @@ def test_readme_command_is_checked(doc: str, cmd: tuple[str, ...], tmp_path: Pat
         check_stage(args[0], args[1:])
     elif program == "python" and args and args[0] in BENCHMARK_PARSERS:
         BENCHMARK_PARSERS[args[0]]()(args[1:])
+    elif program == "python" and args and re.fullmatch(r"reports/[\w-]+/\w+\.py", args[0]):
+        check_report_script(args[0])
     elif program == "pip" and args[:1] == ["install"]:
         check_pip_install(args[1:])
     elif program == "python" and args[:2] == ["-m", "llmhalluc.seeds"]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmhalluc import results
+from tests.conftest import ROOT
 
 BLOCK = {"examples": 10, "accuracy": 0.5, "correction_rate": None, "rollback": {"accuracy": 0.55},
          "probe": {"lookup": {"detection_auroc": 0.75, "correction_right": 0.125, "false_positive": 0.0},
@@ -127,3 +129,4 @@ def test_the_dvc_exp_show_recipe_keeps_only_the_named_columns(toy_repo: Path):
     table = subprocess.run(RECIPE, cwd=toy_repo, capture_output=True, text=True, timeout=300,
                            env={**os.environ, "COLUMNS": "110"}).stdout
     assert "beta-02" in table and "…" not in table  # the rich table fits 110 columns, nothing collapsed
+    assert shlex.join(RECIPE) in (ROOT / "README.md").read_text(), "the README gives this recipe as tested here"
