@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_readme_commands import DOCS
+from tests.test_readme_commands import DOCS, prose
 
 #: [text](target): the target up to the first space or closing parenthesis (a title after it is ignored).
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)[^)]*\)")
@@ -22,9 +22,8 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)[^)]*\)")
 
 def relative_links(text: str) -> list[str]:
     """The targets of a page's links that point into the repo (code spans and fenced blocks are not links)."""
-    prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.MULTILINE | re.DOTALL)
-    prose = re.sub(r"`[^`\n]*`", "", prose)
-    return [t for t in LINK.findall(prose) if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
+    outside_code = re.sub(r"`[^`\n]*`", "", prose(text))
+    return [t for t in LINK.findall(outside_code) if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")]
 
 
 def test_the_link_reader_finds_relative_links_only():

@@ -81,10 +81,14 @@ def bare_command(step: list[str]) -> list[str]:
     return step
 
 
+def prose(text: str) -> str:
+    """A page without its fenced blocks."""
+    return re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
 def inline_commands(text: str) -> list[list[str]]:
     """`dvc ...` and `python ...` in inline code spans of the prose (fenced blocks are read separately)."""
-    prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.MULTILINE | re.DOTALL)
-    return [shlex.split(span) for span in re.findall(r"`((?:dvc|python) [^`]+)`", prose)]
+    return [shlex.split(span) for span in re.findall(r"`((?:dvc|python) [^`]+)`", prose(text))]
 
 
 def commands() -> list[tuple[str, tuple[str, ...]]]:

@@ -16,23 +16,28 @@ from pathlib import Path
 
 KINDS = ("random", "lookup", "plausible")
 METRICS = "metrics/eval.json:"
+#: params.yaml's sft.max_steps: a config at another budget is named for it.
+DEFAULT_STEPS = 600
+
+
+def data_kind(params: dict) -> str:
+    """The kind of wrong step the config's SFT data holds, or base for the error-free data."""
+    return params["prepare.backtrack.error_kind"] if params["prepare.backtrack.error_rate"] else "base"
 
 
 def name(params: dict) -> str:
-    """A config's short name: its kind (or base, without errors), -check, -<steps> off the default 600, and
+    """A config's short name: its kind (or base, without errors), -check, -<steps> off the default, and
     -boundary for wrong steps placed at step boundaries."""
-    kind = params["prepare.backtrack.error_kind"] if params["prepare.backtrack.error_rate"] else "base"
     check = "-check" if params.get("prepare.check_steps") else ""
-    steps = params.get("sft.max_steps", 600)
+    steps = params.get("sft.max_steps", DEFAULT_STEPS)
     boundary = "-boundary" if params.get("prepare.backtrack.placement") == "boundary" else ""
-    return f"{kind}{check}" + (f"-{steps}" if steps != 600 else "") + boundary
+    return f"{data_kind(params)}{check}" + (f"-{steps}" if steps != DEFAULT_STEPS else "") + boundary
 
 
 def order(config: dict) -> tuple:
     params = config["params"]
-    kind = params["prepare.backtrack.error_kind"] if params["prepare.backtrack.error_rate"] else "base"
-    return (params.get("sft.max_steps", 600), params.get("prepare.backtrack.placement", "example"),
-            ["base", *KINDS].index(kind), bool(params.get("prepare.check_steps")))
+    return (params.get("sft.max_steps", DEFAULT_STEPS), params.get("prepare.backtrack.placement", "example"),
+            ["base", *KINDS].index(data_kind(params)), bool(params.get("prepare.check_steps")))
 
 
 def cell(config: dict, key: str, digits: int = 2) -> str:
@@ -44,8 +49,9 @@ def cell(config: dict, key: str, digits: int = 2) -> str:
 
 
 def own_kind(config: dict) -> str:
-    params = config["params"]
-    return params["prepare.backtrack.error_kind"] if params["prepare.backtrack.error_rate"] else "plausible"
+    """The probe block that reads a config against its own kind: near misses for the error-free data."""
+    kind = data_kind(config["params"])
+    return "plausible" if kind == "base" else kind
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
