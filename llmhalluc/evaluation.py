@@ -1,10 +1,9 @@
 """Evaluation: batched generation, per-example scoring, and the metrics that measure hallucination and backtracking.
 
 Generation is batched (prompts sorted by length so a batch pads little), which is
-what makes eval cheap enough to run on every experiment. Greedy decoding runs its
-own loop (`decode_greedy`) rather than `generate`: the batch's shared prefix (system
-prompt, chat template) is read once, and the KV cache grows in place; sampling goes
-through `generate`. Scoring works on token ids: a backtrack deletes one *token*, so
+what makes eval cheap enough to run on every experiment; llmhalluc/decoding.py
+decodes a batch, greedy or sampled, as `generate` would but reading the prefixes
+rows share once. Scoring works on token ids: a backtrack deletes one *token*, so
 the resolved text is rebuilt from ids, never from decoded text.
 
 Definitions (one example = one prompt and its one completion):
@@ -28,7 +27,6 @@ Definitions (one example = one prompt and its one completion):
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,193 +84,50 @@ def prompt_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
-def left_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
-    """(input_ids, attention_mask) of a batch, padded on the left: every row's last real token is in the
-    last column, where generation continues and where teacher forcing reads the next-token distribution."""
-    import torch
-
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
-        attention[row, width - len(ids):] = 1
-    return input_ids, attention
-
-
-def decoding_options(sampling: Sampling, stops: set[int], pad_id: int) -> dict[str, Any]:
-    """generate()'s keyword arguments for these settings, every decoding knob set.
-
-    Decoding is exactly what the params say: generate() fills every knob left unset from the checkpoint's
-    generation_config (Qwen2.5-Instruct ships repetition_penalty 1.05 and top_k 20), so those are set here.
-    """
-    options: dict[str, Any] = {"do_sample": sampling.do_sample, "max_new_tokens": sampling.max_new_tokens,
-                               "pad_token_id": pad_id, "eos_token_id": sorted(stops), "repetition_penalty": 1.0}
-    if sampling.do_sample:
-        options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-    else:  # greedy ignores the sampling knobs; left unset they are not even reported as unused
-        options.update(temperature=None, top_p=None, top_k=None)
-    return options
-
-
 def generate_transformers(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, batch_size: int,
-                          sampling: Sampling) -> list[list[int]]:
-    """Completion ids for each prompt (in input order), batch by batch: greedy by `decode_greedy`, sampled by
-    `generate` with left padding."""
-    import torch
+                          sampling: Sampling, group_prefix: Sequence[int] | None = None) -> list[list[int]]:
+    """Completion ids for each prompt (in input order), batch by batch through `decoding.decode_batch`, greedy
+    or sampled as `sampling` says (temperature and top-p as generate applies them). group_prefix[i]: how many
+    of prompt i's ids it shares with the prompts that continue the same context (read once per batch)."""
+    from llmhalluc.decoding import decode_batch
 
     stops = stop_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
-    options = decoding_options(sampling, stops, pad_id)
-    # Longest first: similar lengths share a batch (little padding), and an out-of-memory shows at once.
+    warpers = sampling_warpers(sampling)
+    # Longest first: similar lengths share a batch (little padding), and an out-of-memory shows at once. Rows
+    # of one group stay together, so the batch reads their prefix once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    if group_prefix is not None:
+        key = {i: tuple(prompts[i][:group_prefix[i]]) for i in order}
+        longest: dict[tuple[int, ...], int] = {}
+        for i in order:
+            longest.setdefault(key[i], len(prompts[i]))
+        order.sort(key=lambda i: -longest[key[i]])
     out: list[list[int]] = [[] for _ in prompts]
-    device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        if sampling.do_sample:
-            input_ids, attention = left_padded([prompts[i] for i in chunk], pad_id)
-            with torch.inference_mode():
-                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                           **options)[:, input_ids.shape[1]:]
-        else:
-            generated = decode_greedy(model, [prompts[i] for i in chunk], stops=stops, pad_id=pad_id,
-                                      max_new_tokens=sampling.max_new_tokens)
+        generated = decode_batch(model, [prompts[i] for i in chunk], stops=stops, pad_id=pad_id,
+                                 max_new_tokens=sampling.max_new_tokens, sample=sampling.do_sample,
+                                 group_prefix=None if group_prefix is None else [group_prefix[i] for i in chunk],
+                                 logits_processor=warpers)
         for row, index in enumerate(chunk):
             out[index] = cut_at_stop(generated[row].tolist(), stops)
     return out
 
 
-def decode_greedy(model: Any, sequences: Sequence[Sequence[int]], *, stops: set[int], pad_id: int,
-                  max_new_tokens: int, logits_processor: Any = None, stopping_criteria: Any = None) -> Any:
-    """One batch's new tokens under greedy decoding, a (rows, steps) tensor with pad after a row's end: what
-    `generate(do_sample=False)` returns after the prompt, with its contract (logits processors see the whole
-    sequence and the float32 scores before the argmax; a row ends at a stop id or when a stopping criterion
-    says so; the batch ends when every row has, or at max_new_tokens), computed cheaper:
+def sampling_warpers(sampling: Sampling) -> Any:
+    """The logits warpers generate applies before a sampled choice, in its order (temperature, then top-p);
+    None for greedy or when both are 1 (the softmax of the raw scores)."""
+    if not sampling.do_sample:
+        return None
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-    - the prefix every sequence shares (system prompt, chat template, the probe's context) is read once and
-      its cache copied to each row: the batch is laid out prefix | padding | rest, the padding masked and the
-      positions counted over real tokens, so each row sees exactly its own sequence;
-    - the KV cache grows in place (`_growing_layer`) where `generate`'s copies it whole at every step.
-
-    Eval's greedy completions and the rollback decoder's rounds both come from here, so a rollback round is
-    computed exactly as the greedy batch it stands for.
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    rows = len(sequences)
-    shared = _shared_prefix(sequences)
-    rest, rest_mask = left_padded([s[shared:] for s in sequences], pad_id)
-    prefix = torch.tensor([list(sequences[0][:shared])], dtype=torch.long).expand(rows, shared)
-    input_ids = torch.cat([prefix, rest], dim=1).to(device)
-    mask = torch.cat([torch.ones((rows, shared), dtype=torch.long), rest_mask], dim=1).to(device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate counts them: over real tokens
-    width = input_ids.shape[1]
-    kv = _kv_cache(model, width + max_new_tokens)
-    cache = {_cache_keyword(model): kv, "use_cache": True, "logits_to_keep": 1}
-    stop = torch.tensor(sorted(stops), device=device)
-    unfinished = torch.ones(rows, dtype=torch.bool, device=device)
-    with torch.inference_mode():
-        if shared:
-            model(input_ids=input_ids[:1, :shared], position_ids=positions[:1, :shared], **cache)
-            kv.batch_repeat_interleave(rows)
-        out = model(input_ids=input_ids[:, shared:], attention_mask=mask, position_ids=positions[:, shared:], **cache)
-        for step in range(max_new_tokens):
-            scores = out.logits[:, -1].to(dtype=torch.float32, copy=True)
-            if logits_processor is not None:
-                scores = logits_processor(input_ids, scores)
-            tokens = torch.where(unfinished, scores.argmax(-1), pad_id)
-            input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
-            unfinished &= ~torch.isin(tokens, stop)
-            if stopping_criteria is not None:
-                unfinished &= ~stopping_criteria(input_ids, scores)
-            if step + 1 == max_new_tokens or not unfinished.any():
-                break
-            mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
-            positions = positions[:, -1:] + 1
-            out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, **cache)
-    return input_ids[:, width:]
-
-
-def _shared_prefix(sequences: Sequence[Sequence[int]]) -> int:
-    """How many leading ids every sequence of a batch shares, leaving each at least one of its own (the forward
-    pass over the rest gives each row its first next-token scores); 0 for a single sequence."""
-    if len(sequences) < 2:
-        return 0
-    limit = min(len(s) for s in sequences) - 1
-    first = sequences[0]
-    length = 0
-    while length < limit and all(s[length] == first[length] for s in sequences):
-        length += 1
-    return length
-
-
-def _cache_keyword(model: Any) -> str:
-    """The forward() keyword of the KV cache: transformers 5 renames past_key_values to cache (a PEFT model
-    passes it through to the model it wraps)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _kv_cache(model: Any, capacity: int) -> Any:
-    """A DynamicCache whose layers grow in place up to `capacity` tokens; transformers' own layers where the
-    model's are not plain full-attention ones (sliding windows and the like keep their own rules)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=getattr(model, "config", None))
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        growing = _growing_layer()
-        cache.layers = [growing(capacity) for _ in cache.layers]
-    return cache
-
-
-@functools.cache
-def _growing_layer() -> type:
-    """The class of a cache layer that grows in place (defined on first use: transformers loads lazily)."""
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        """A DynamicLayer over a preallocated buffer: `update` writes the new keys and values into it and the
-        layer's keys / values are views of what is filled, where DynamicLayer concatenates (a copy of the whole
-        cache per layer and step, most of the time of a small model's decoding step). Same values, same
-        attention: only the storage differs. Supports what decode_greedy asks: update and repeating a
-        one-row prefix over the batch."""
-
-        def __init__(self, capacity: int) -> None:
-            super().__init__()
-            self.capacity = capacity
-            self.length = 0
-            self.key_buffer = self.value_buffer = None
-
-        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            end = self.length + key_states.shape[-2]
-            if self.key_buffer is None or end > self.key_buffer.shape[-2]:  # first use, or past the capacity
-                size = max(end, self.capacity)
-                grown = [states.new_empty((*states.shape[:2], size, states.shape[-1]))
-                         for states in (key_states, value_states)]
-                if self.key_buffer is not None:
-                    for buffer, old in zip(grown, (self.key_buffer, self.value_buffer), strict=True):
-                        buffer[:, :, :self.length] = old[:, :, :self.length]
-                self.key_buffer, self.value_buffer = grown
-            self.key_buffer[:, :, self.length:end] = key_states
-            self.value_buffer[:, :, self.length:end] = value_states
-            self.length = end
-            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-            return self.keys, self.values
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.key_buffer is not None:
-                self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-                self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-                self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
-
-    return GrowingLayer
+    warpers = LogitsProcessorList()
+    if sampling.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    return warpers or None
 
 
 def generate_vllm(model_path: str, tokenizer: Any, prompts: Sequence[list[int]], *, sampling: Sampling,

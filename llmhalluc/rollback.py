@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmhalluc.backtrack.retraction import Retraction
-from llmhalluc.evaluation import left_padded, stop_ids
+from llmhalluc.decoding import left_padded
+from llmhalluc.evaluation import stop_ids
 
 
 @dataclass
@@ -113,17 +114,17 @@ def generate_rollback(model: Any, tokenizer: Any, prompts: Sequence[list[int]], 
 
 def _round(model: Any, chunk: list[_Row], backtrack_id: int, stops: set[int], pad_id: int,
            max_retries: int) -> list[list[int]]:
-    """One greedy decoding of a batch of rows (evaluation.decode_greedy, as greedy eval decodes a batch): each
+    """One greedy decoding of a batch of rows (decoding.decode_batch, as greedy eval decodes a batch): each
     row's new tokens, up to where it stopped."""
-    from llmhalluc.evaluation import decode_greedy
+    from llmhalluc.decoding import decode_batch
 
     sequences = [r.prompt + r.kept for r in chunk]
     width = max(len(s) for s in sequences)
     watch = _Watch(chunk, backtrack_id, width)
     longest = max(r.limit - len(r.kept) for r in chunk)  # >= 1: a row at its limit is done
     # Room for the longest row's budget, a run of backtracks as long and the dropped token; the watch stops rows.
-    generated = decode_greedy(model, sequences, stops=stops, pad_id=pad_id, max_new_tokens=2 * longest + 1,
-                              logits_processor=_Bans(chunk, backtrack_id, width, max_retries), stopping_criteria=watch)
+    generated = decode_batch(model, sequences, stops=stops, pad_id=pad_id, max_new_tokens=2 * longest + 1,
+                             logits_processor=_Bans(chunk, backtrack_id, width, max_retries), stopping_criteria=watch)
     return [generated[index].tolist()[:stop] for index, stop in enumerate(watch.stopped_at)]
 
 

@@ -40,6 +40,23 @@ def dvc_yaml(root: Path = ROOT) -> dict:
         return {"stages": resolver.resolve()["stages"], "plots": resolver.resolve_plots()}
 
 
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """An untrained tiny model with the backtrack token, and its tokenizer: real transformers generation in
+    well under a second, for tests that compare decoding paths."""
+    from llmhalluc.backtrack.token import add_backtrack_token
+    from llmhalluc.models import load_model_and_tokenizer
+    from llmhalluc.tiny_model import build_tiny_model
+
+    corpus = [f"Start with {a}. Add {b}. {a} + {b} = {a + b}. The answer is {a + b}." for a in range(10)
+              for b in range(10)]
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, hidden_size=32, intermediate_size=64)
+    model, tokenizer = load_model_and_tokenizer(str(folder), dtype="float32")
+    add_backtrack_token(model, tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
 @pytest.fixture
 def params_text() -> str:
     """The repo's own params.yaml, which every test edit starts from."""

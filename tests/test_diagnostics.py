@@ -20,6 +20,7 @@ from llmhalluc.backtrack.retraction import resolve_ids
 from llmhalluc.datasets.arithmetic import check_step
 from llmhalluc.datasets.records import Record, chat_prompt
 from llmhalluc.params.sections import EvalParams, OwnErrorsParams, ProbeParams, SampledParams
+from tests.cache_reads import CacheReads
 
 BT = "<|backtrack|>"
 
@@ -171,7 +172,7 @@ class Scripted:
         self.vocab = len(tokenizer)
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.generation_config = GenerationConfig(eos_token_id=self.eos)
-        self.read: dict[int, tuple] = {}  # id(cache) -> (cache, the ids read through it so far)
+        self.reads = CacheReads()  # the ids read through each cache so far
         self.plans = {}
         for r in records:
             segments = [tokenizer.encode((" " if i else "") + s, add_special_tokens=False)
@@ -221,15 +222,12 @@ class Scripted:
                  output_hidden_states=False, cache=None, **_):
         """Logits as the rule says; the hidden state is the rule's intent, one-hot on next_id before any mask
         (so `never` knows a step is wrong, it ends there, and still never says backtrack). With a cache, as
-        evaluation.decode_greedy drives it: the ids read before are the cache's (a one-row prefix repeats
-        over the batch), padding is masked wherever it stands."""
+        decoding.prime drives it: the ids read before are the cache's (tests/cache_reads.py follows its batch
+        operations), padding is masked wherever it stands."""
         import torch
 
         rows = input_ids.shape[0]
-        before = self.read[id(cache)][1] if cache is not None and id(cache) in self.read else None
-        full = input_ids if before is None else torch.cat([before.expand(rows, -1), input_ids], 1)
-        if cache is not None:
-            self.read[id(cache)] = (cache, full)  # the cache held: its id is not reused while it is a key
+        full, _ = self.reads.extend(cache, input_ids, masked=attention_mask is not None)
         mask = attention_mask if attention_mask is not None else torch.ones_like(full)
         width, new = full.shape[1], input_ids.shape[1]
         keep = logits_to_keep or new
@@ -244,31 +242,6 @@ class Scripted:
         return SimpleNamespace(logits=logits, hidden_states=(hidden,) if output_hidden_states else None)
 
     forward = __call__
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id, do_sample=False,
-                 temperature=None, logits_processor=(), stopping_criteria=(), **_):
-        """transformers' contract (sampled decoding goes through generate): processors before the choice, pad
-        after a row ends, per-row stopping."""
-        import torch
-
-        rows = [input_ids[b][attention_mask[b].bool()].tolist() for b in range(input_ids.shape[0])]
-        out = input_ids.clone()
-        unfinished = torch.ones(len(rows), dtype=torch.bool)
-        for _step in range(max_new_tokens):
-            scores = torch.stack([self._logits(r) for r in rows])
-            for processor in logits_processor:
-                scores = processor(out, scores)
-            chosen = torch.multinomial((scores / temperature).softmax(-1), 1)[:, 0] if do_sample else scores.argmax(-1)
-            chosen = torch.where(unfinished, chosen, torch.tensor(pad_token_id))
-            out = torch.cat([out, chosen[:, None]], dim=1)
-            for b, token in enumerate(chosen.tolist()):
-                rows[b].append(token)
-            unfinished &= ~torch.isin(chosen, torch.tensor(eos_token_id))
-            for criterion in stopping_criteria:
-                unfinished &= ~criterion(out, scores)
-            if not unfinished.any():
-                break
-        return out
 
 
 def _params(**sections) -> EvalParams:

@@ -165,24 +165,9 @@ def test_a_missing_base_is_a_params_error(tmp_path: Path):
 # --------------------------------------------------------------------------- generation on the tiny model
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    from llmhalluc.backtrack.token import add_backtrack_token
-    from llmhalluc.models import load_model_and_tokenizer
-    from llmhalluc.tiny_model import build_tiny_model
-
-    corpus = [f"Start with {a}. Add {b}. {a} + {b} = {a + b}. The answer is {a + b}." for a in range(10)
-              for b in range(10)]
-    folder = build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, hidden_size=32, intermediate_size=64)
-    model, tokenizer = load_model_and_tokenizer(str(folder), dtype="float32")
-    add_backtrack_token(model, tokenizer)
-    model.eval()
-    return model, tokenizer
-
-
-def test_batched_generation_equals_one_at_a_time(tiny):
+def test_batched_generation_equals_one_at_a_time(tiny_lm):
     """Left padding must not change what a prompt gets: the batch answers exactly as single calls do."""
-    model, tokenizer = tiny
+    model, tokenizer = tiny_lm
     questions = ["Start with 3. Add 4.", "Start with 1. Add 1. Add 1. Add 1. Add 1. What is it?", "Add 9.",
                  "Start with 7."]
     prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
@@ -197,10 +182,10 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     assert not any(set(ids) & stops for ids in batched)
 
 
-def test_sampling_is_seeded(tiny):
+def test_sampling_is_seeded(tiny_lm):
     from llmhalluc.rng import seed_everything
 
-    model, tokenizer = tiny
+    model, tokenizer = tiny_lm
     prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": "Start with 2. Add 5."}])] * 4
     sampling = evaluation.Sampling(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
     runs = []
@@ -211,9 +196,9 @@ def test_sampling_is_seeded(tiny):
     assert len({tuple(ids) for ids in runs[0]}) > 1  # it did sample: four draws of one prompt differ
 
 
-def test_a_checkpoints_decoding_knobs_do_not_leak_into_greedy_eval(tiny):
+def test_a_checkpoints_decoding_knobs_do_not_leak_into_greedy_eval(tiny_lm):
     """A hub checkpoint's generation_config (repetition penalty, top-k) must not change what eval measures."""
-    model, tokenizer = tiny
+    model, tokenizer = tiny_lm
     prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": "Start with 4. Add 4."}])]
     sampling = evaluation.Sampling(max_new_tokens=16)
     plain = evaluation.generate_transformers(model, tokenizer, prompts, batch_size=1, sampling=sampling)
@@ -224,29 +209,3 @@ def test_a_checkpoints_decoding_knobs_do_not_leak_into_greedy_eval(tiny):
         assert evaluation.generate_transformers(model, tokenizer, prompts, batch_size=1, sampling=sampling) == plain
     finally:
         config.repetition_penalty, config.top_k = saved
-
-
-def test_greedy_decoding_is_generates_greedy_decoding(tiny):
-    """decode_greedy (shared prefix read once, cache grown in place) writes what transformers' generate writes."""
-    import torch
-
-    model, tokenizer = tiny
-    questions = ["Start with 3. Add 4.", "Start with 1. Add 1. Add 1. Add 1. Add 1. What is it?", "Add 9.",
-                 "Start with 3. Add 5."]
-    prompts = [evaluation.prompt_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
-    assert evaluation._shared_prefix(prompts) >= 5  # the chat template's opening is read once
-    stops = evaluation.stop_ids(tokenizer, model.generation_config)
-    sampling = evaluation.Sampling(max_new_tokens=10)
-    input_ids, attention = evaluation.left_padded(prompts, tokenizer.pad_token_id)
-    with torch.inference_mode():
-        expected = model.generate(input_ids=input_ids, attention_mask=attention,
-                                  **evaluation.decoding_options(sampling, stops, tokenizer.pad_token_id))
-    got = evaluation.decode_greedy(model, prompts, stops=stops, pad_id=tokenizer.pad_token_id, max_new_tokens=10)
-    assert got.tolist() == expected[:, input_ids.shape[1]:].tolist()
-
-
-def test_a_shared_prefix_leaves_every_row_a_token_of_its_own():
-    assert evaluation._shared_prefix([[1, 2, 3], [1, 2, 3]]) == 2
-    assert evaluation._shared_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
-    assert evaluation._shared_prefix([[1, 2], [3, 2]]) == 0
-    assert evaluation._shared_prefix([[1, 2, 3]]) == 0  # one row: nothing to share

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -21,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from llmhalluc import evaluation
 from llmhalluc.backtrack.retraction import Retraction
 from llmhalluc.rollback import generate_rollback
+from tests.cache_reads import CacheReads
 
 #: A word-level vocabulary: one id per text, so the scripts read as the solutions they write.
 WORDS = ["<eos>", "<bt>", "<p>", "Q", "7", " +", " 3", " =", " 10", " 11", " 12", ".", " The", " answer", " is",
@@ -49,9 +49,9 @@ class Tokenizer:
 
 class Scripted:
     """A causal LM whose logits are a rule over the assistant ids so far: rule(ids) -> {token: logit}, every other
-    token at 0. Its forward follows transformers' cached contract as evaluation.decode_greedy drives it (the ids
-    already read are in the cache, a batch may start from a one-row prefix repeated over the rows, padding is
-    masked wherever it stands); every context it is asked to continue is recorded."""
+    token at 0. Its forward follows transformers' cached contract as decoding.decode_batch drives it (the ids
+    already read are in the cache, tests/cache_reads.py follows its batch operations; padding is masked
+    wherever it stands); every context a batch starts from is recorded."""
 
     def __init__(self, rule) -> None:
         import torch
@@ -61,7 +61,7 @@ class Scripted:
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.generation_config = GenerationConfig(eos_token_id=EOS)
         self.contexts: list[list[int]] = []
-        self.read: dict[int, Any] = {}  # id(cache) -> the ids read through it so far
+        self.reads = CacheReads()  # the ids read through each cache so far
 
     def parameters(self):
         return iter([self.anchor])
@@ -78,13 +78,10 @@ class Scripted:
         import torch
 
         rows = input_ids.shape[0]
-        before = self.read.get(id(cache)) if cache is not None else None
-        full = input_ids if before is None else torch.cat([before.expand(rows, -1), input_ids], 1)
+        full, starts = self.reads.extend(cache, input_ids, masked=attention_mask is not None)
         mask = attention_mask if attention_mask is not None else torch.ones_like(full)
-        if cache is not None:
-            self.read[id(cache)] = full
-            if attention_mask is not None and (before is None or before.shape[0] != rows):  # a batch starts
-                self.contexts += [full[b][mask[b].bool()].tolist() for b in range(rows)]
+        if cache is not None and starts:
+            self.contexts += [full[b][mask[b].bool()].tolist() for b in range(rows)]
         width = full.shape[1]
         keep = logits_to_keep or input_ids.shape[1]
         logits = torch.zeros(rows, keep, len(WORDS))

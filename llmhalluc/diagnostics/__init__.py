@@ -169,7 +169,7 @@ def diagnose(model: Any, tokenizer: Any, records: Sequence[Record], *, backtrack
         say(f"sampled: {len(subset)} problems x {p.sampled.n} samples")
         seed_everything(p.seed)  # per model, like the greedy eval: samples do not depend on earlier models
         samples = evaluation.generate_transformers(model, tokenizer, prompts, batch_size=p.batch_size,
-                                                   sampling=sampling)
+                                                   sampling=sampling, group_prefix=[len(s) for s in prompts])
         owners = [r for r in subset for _ in range(p.sampled.n)]
         sample_rows = [{"id": r.id, "sample": index % p.sampled.n, **score(ids, r)}
                        for index, (r, ids) in enumerate(zip(owners, samples, strict=True))]

@@ -62,7 +62,8 @@ def own_error_rows(model: Any, tokenizer: Any, prompts: Sequence[list[int]], sam
                         if (verdict := check_step(step)) is not None])
     stats = next_token_stats(model, [p + s for p, s in zip(prompts, samples, strict=True)],
                              [[len(p) + n for n, _, _ in steps] for p, steps in zip(prompts, checked, strict=True)],
-                             token_id=backtrack_id, batch_size=batch_size, pad_id=pad_id(model, tokenizer))
+                             token_id=backtrack_id, batch_size=batch_size, pad_id=pad_id(model, tokenizer),
+                             group_prefix=[len(p) for p in prompts])  # a problem's samples share its prompt
     return [[{"step": step, "right": verdict, "p_backtrack": prob,  # unrounded, for AUROC
               "retracted": n < len(ids) and ids[n] == backtrack_id}
              for (n, step, verdict), (prob, _) in zip(steps, found, strict=True)]

@@ -224,7 +224,8 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
         [(len(i.prompt + i.context), len(s)) for i, s in zip(items, right_seqs, strict=True)]
     read = read_sequences(model, wrong_seqs + right_seqs,
                           [r + c for r, c in zip(retracting, checking, strict=True)] + [[len(s)] for s in right_seqs],
-                          token_id=backtrack_id, batch_size=batch_size, pad_id=pad, spans=steps)
+                          token_id=backtrack_id, batch_size=batch_size, pad_id=pad, spans=steps,
+                          group_prefix=[len(i.prompt + i.context) for i in items] * 2)
     wrong_stats, right_stats = read.stats[:len(items)], read.stats[len(items):]
     surprise = read.surprisal
     states = torch.stack(read.states)
@@ -235,9 +236,11 @@ def run_probe(model: Any, tokenizer: Any, items: Sequence[ProbeItem], *, backtra
     false_positive = right_seqs
     resolved_prefix = [i.prompt + i.context for i in items]  # the retraction applied to the context itself
     sampling = evaluation.Sampling(max_new_tokens=max_new_tokens)
+    # An item's four continuations share its problem and the steps before the error: read once.
     generated = evaluation.generate_transformers(model, tokenizer,
                                                  repair + correction + false_positive + resolved_prefix,
-                                                 batch_size=batch_size, sampling=sampling)
+                                                 batch_size=batch_size, sampling=sampling,
+                                                 group_prefix=[len(s) for s in resolved_prefix] * 4)
     n = len(items)
     # Under the rollback decoder, from the same two prefixes; the greedy continuations above are its first round.
     rolled = rollback.decode(model, tokenizer, [i.prompt for i in items] * 2,

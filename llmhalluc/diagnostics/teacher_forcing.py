@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmhalluc import evaluation
-from llmhalluc.evaluation import left_padded
+from llmhalluc.decoding import prefix_plan, prime
 
 
 @dataclass
@@ -29,7 +29,8 @@ class Readings:
 
 def read_sequences(model: Any, sequences: Sequence[Sequence[int]], ends: Sequence[Sequence[int]], *,
                    token_id: int, batch_size: int, pad_id: int, with_rank: bool = False,
-                   spans: Sequence[tuple[int, int] | None] | None = None) -> Readings:
+                   spans: Sequence[tuple[int, int] | None] | None = None,
+                   group_prefix: Sequence[int] | None = None) -> Readings:
     """Everything the diagnostics read off a model by teacher forcing, in one forward pass per batch.
 
     For each sequence and each n in its ends: P(token_id | seq[:n]) and the argmax next id (with_rank:
@@ -38,8 +39,10 @@ def read_sequences(model: Any, sequences: Sequence[Sequence[int]], ends: Sequenc
     model that would have written the right number finds a near miss surprising where the number
     stands), and the decision state at the step's last token (states as float64 rows on the CPU).
 
-    Sequences are left-padded like generation, with position ids counted from each sequence's first
-    real token, so padding changes nothing; only the logits from the first needed position on are
+    Sequences are read as generation reads them (decoding.prime): the prefix every sequence shares once,
+    then each group's (group_prefix[i]: how many of sequence i's ids it shares with its group), up to the
+    first position read, then the rest left-padded, position ids counted over real tokens, so neither the
+    sharing nor the padding changes a reading; only the logits from the first needed position on are
     computed (`logits_to_keep`), which keeps a hub model's large vocabulary affordable.
     """
     import torch
@@ -49,21 +52,21 @@ def read_sequences(model: Any, sequences: Sequence[Sequence[int]], ends: Sequenc
                         states=[None] * len(sequences))
     wanted = [i for i in range(len(sequences)) if ends[i] or spans[i]]
     order = sorted(wanted, key=lambda i: -len(sequences[i]))
-    device = next(model.parameters()).device
     hidden_wanted = any(spans)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        input_ids, attention = left_padded([sequences[i] for i in chunk], pad_id)
-        width = input_ids.shape[1]
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        # The first position whose logits are read: an end's, or the one predicting a span's first token.
-        needed = [width - len(sequences[i]) + n - 1 for i in chunk for n in ends[i]]
-        needed += [width - len(sequences[i]) + spans[i][0] - 1 for i in chunk if spans[i]]
-        first = min(needed)
+        rows = [sequences[i] for i in chunk]
+        # Per row, the first position read: an end's, or the one predicting a span's first token. The prefixes
+        # read into the cache stop before it (the plan of the rows cut there is the plan of the whole rows).
+        firsts = [min([n - 1 for n in ends[i]] + ([spans[i][0] - 1] if spans[i] else [])) for i in chunk]
+        plan = prefix_plan([row[:first + 1] for row, first in zip(rows, firsts, strict=True)],
+                           None if group_prefix is None else [group_prefix[i] for i in chunk])
+        primed = prime(model, rows, plan, pad_id=pad_id)
+        # Position n of a sequence stands in column width - len + n of the own ids, as in a left-padded batch.
+        width = primed.own.shape[1]
+        first = min(width - len(row) + f for row, f in zip(rows, firsts, strict=True))
         with torch.inference_mode():
-            out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                        position_ids=positions.to(device), logits_to_keep=width - first,
-                        output_hidden_states=hidden_wanted)
+            out = primed.forward(model, logits_to_keep=width - first, output_hidden_states=hidden_wanted)
         logits = out.logits
         for row, index in enumerate(chunk):
             offset = width - len(sequences[index])
@@ -83,11 +86,12 @@ def read_sequences(model: Any, sequences: Sequence[Sequence[int]], ends: Sequenc
 
 
 def next_token_stats(model: Any, sequences: Sequence[Sequence[int]], ends: Sequence[Sequence[int]], *,
-                     token_id: int, batch_size: int, pad_id: int, with_rank: bool = False) -> list[list[tuple]]:
+                     token_id: int, batch_size: int, pad_id: int, with_rank: bool = False,
+                     group_prefix: Sequence[int] | None = None) -> list[list[tuple]]:
     """read_sequences' next-token readings alone: for each sequence and each n in its ends, (P(token_id |
     seq[:n]), the argmax next id[, token_id's rank])."""
     return read_sequences(model, sequences, ends, token_id=token_id, batch_size=batch_size, pad_id=pad_id,
-                          with_rank=with_rank).stats
+                          with_rank=with_rank, group_prefix=group_prefix).stats
 
 
 def cross_fitted_scores(wrong: Any, right: Any) -> tuple[list[float], list[float]] | None:
