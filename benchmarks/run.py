@@ -57,7 +57,7 @@ class Scale:
     repeat: int
     #: params.yaml edits (dotted keys, each must exist) made in the workspace before anything runs
     params: dict[str, Any] = field(default_factory=dict)
-    #: rows prepared by prepare_scaling, smallest first (the baseline)
+    #: rows prepared by prepare_scaling, smallest first; rows/s between the first two sizes is the baseline
     prepare_rows: tuple[int, ...] = (1_000, 10_000, 100_000)
     #: extra arguments of benchmarks/eval_throughput.py
     eval_args: tuple[str, ...] = ()
@@ -316,11 +316,12 @@ def eval_diagnostics(work: Path, scale: Scale) -> list[Row]:
 
 @benchmark("prepare_scaling")
 def prepare_scaling(work: Path, scale: Scale) -> list[Row]:
-    """prepare's rows/s at 1k, 10k and 100k synthetic rows; a linear stage keeps rows/s flat."""
+    """prepare's cost per row as the data grows: rows/s between consecutive sizes (1k to 10k, 10k to 100k),
+    each the difference of rows over the difference of wall times, so start-up, imports and every fixed cost
+    cancel exactly. A linear stage keeps it flat; a quadratic step (a scan of every row per row, a collector
+    pass over the whole heap) shows as a ratio far below 1 at ten times the rows."""
     original = (work / "params.yaml").read_text()
-    rows, base = [], None
-    # Interpreter start and imports are paid once per run whatever the size; measure them to take them out.
-    startup = timings(lambda: run([PY, "-m", "stages.prepare", "--dry-run"], work)[0], scale.repeat)["min"]
+    seconds = {}
     try:
         for total in scale.prepare_rows:
             (work / "params.yaml").write_text(original)
@@ -328,15 +329,20 @@ def prepare_scaling(work: Path, scale: Scale) -> list[Row]:
             set_params(work, {"prepare.sizes.sft": int(total * 0.8), "prepare.sizes.grpo": int(total * 0.1),
                               "prepare.sizes.eval": int(total * 0.1), "prepare.arithmetic.max_steps": 5,
                               "prepare.arithmetic.max_operand": 999})
-            seconds = timings(lambda: run([PY, "-m", "stages.prepare"], work)[0], scale.repeat)
-            work_s = {k: max(seconds[k] - startup, 1e-3) for k in ("min", "median")}
-            rate = {"max": total / work_s["min"], "median": total / work_s["median"], "n": seconds["n"]}
-            base = base or rate
-            rows.append(row(f"prepare {total:,} rows", rate, base, "rows/s", "flat rows/s (linear)",
-                            note=f"min wall {seconds['min']:.2f} s, minus {startup:.2f} s start-up",
-                            higher_is_better=True))
+            seconds[total] = timings(lambda: run([PY, "-m", "stages.prepare"], work)[0], scale.repeat)
     finally:
         (work / "params.yaml").write_text(original)
+    sizes = list(scale.prepare_rows)
+    rows, base = [], None
+    for small, large in zip(sizes, sizes[1:], strict=False):
+        added = large - small
+        rate = {"max": added / max(seconds[large]["min"] - seconds[small]["min"], 1e-3),
+                "median": added / max(seconds[large]["median"] - seconds[small]["median"], 1e-3),
+                "n": seconds[large]["n"]}
+        base = base or rate
+        rows.append(row(f"prepare {small:,} to {large:,} rows", rate, base, "rows/s", "ratio >= 0.75 (linear)",
+                        note=f"min wall {seconds[small]['min']:.2f} s and {seconds[large]['min']:.2f} s",
+                        higher_is_better=True))
     return rows
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from llmhalluc.datasets.augment import add_errors
-from llmhalluc.datasets.records import chat_prompt, write_jsonl, write_meta
+from llmhalluc.datasets.records import chat_prompt, cycle_collection_paused, write_jsonl, write_meta
 from llmhalluc.datasets.registry import load_registry
 from llmhalluc.datasets.splits import Drops, entry_rng, load_entry, split
 from llmhalluc.datasets.step_check import with_check
@@ -23,6 +23,11 @@ METRICS = Path("metrics/prepare.json")
 
 
 def main(section: Section) -> None:
+    with cycle_collection_paused():  # linear in rows (llmhalluc.datasets.records)
+        _prepare(section)
+
+
+def _prepare(section: Section) -> None:
     p = section.project
     registry, registry_file = load_registry(p.registry)
 

@@ -7,7 +7,10 @@ of backtracks depends on the tokenizer, which only the training stage knows.
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +61,20 @@ def chat_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:
 def jsonl_text(records: list[Record]) -> str:
     """Records as the lines read_jsonl reads back: one sorted-key JSON object each (what prepare writes)."""
     return "".join(json.dumps(asdict(record), sort_keys=True) + "\n" for record in records)
+
+
+@contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Build and write many records without Python's cycle collector. Records are trees of strings, lists
+    and dicts, freed by reference counting alone, and the collector's passes over an ever larger heap made
+    prepare's time per row grow with the row count (100k rows took 1.7x the time per row of 10k)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def write_jsonl(records: list[Record], path: Path) -> None:
