@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import platform
@@ -334,7 +335,7 @@ def prepare_scaling(work: Path, scale: Scale) -> list[Row]:
         (work / "params.yaml").write_text(original)
     sizes = list(scale.prepare_rows)
     rows, base = [], None
-    for small, large in zip(sizes, sizes[1:], strict=False):
+    for small, large in itertools.pairwise(sizes):
         added = large - small
         rate = {"max": added / max(seconds[large]["min"] - seconds[small]["min"], 1e-3),
                 "median": added / max(seconds[large]["median"] - seconds[small]["median"], 1e-3),

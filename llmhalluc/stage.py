@@ -32,6 +32,18 @@ from llmhalluc.params import Section, load_section
 INTERRUPTED_EXIT_CODE = 130
 
 
+def _print_resolved(config: dict) -> None:
+    """The resolved section as JSON on stdout. A reader that stops early (`--dry-run | head`) closes the
+    pipe: that is the reader's choice, not an error, so the rest goes nowhere and nothing is reported."""
+    try:
+        json.dump(config, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's own advice: point stdout at devnull, so the flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def run_stage(name: str, work: Callable[[Section], Any], resolve: Callable[[Section], dict], argv=None) -> None:
     """Parse the CLI, load params.yaml[name], then dry-run (print resolved JSON) or do the work."""
     stage = stage_name(name)
@@ -48,8 +60,7 @@ def run_stage(name: str, work: Callable[[Section], Any], resolve: Callable[[Sect
     try:
         section = load_section(name, args.params, for_run=not args.dry_run)
         if args.dry_run:
-            json.dump(resolve(section), sys.stdout, indent=2, sort_keys=True)
-            sys.stdout.write("\n")
+            _print_resolved(resolve(section))
             return
         launcher = getattr(section.project, "launcher", None)
         if launcher is not None and needs_launch(launcher):

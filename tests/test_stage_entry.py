@@ -69,3 +69,19 @@ def test_a_stage_started_as_a_module_relaunches_its_ranks_as_a_module(tmp_path: 
     command = accelerate_command(stage.load_section("sft", tmp_path / "params.yaml").project.launcher,
                                  "stages.train_sft", ["--params", "p.yaml"], module=True)
     assert command[-4:] == ["--module", "stages.train_sft", "--params", "p.yaml"]
+
+
+def test_a_dry_run_whose_reader_stopped_ends_quietly() -> None:
+    """`python -m stages.eval --dry-run | head`: the reader has closed the pipe (here before the stage
+    writes, so the write surely fails); no traceback, exit 0."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "stages.eval", "--dry-run"], cwd=ROOT, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
