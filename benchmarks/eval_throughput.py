@@ -4,7 +4,7 @@
                                          [--examples 200] [--single-examples 16] [--repeats 5]
 
 The baseline is what eval would cost without batching: transformers' `generate`, one prompt at
-a time, with eval's decoding options (`evaluation.decoding_options`). Eval's own path,
+a time, with eval's decoding options (`decoding.generate_options`). Eval's own path,
 `llmhalluc.evaluation.generate_transformers`, is timed at batch_size 1 (its greedy loop
 without a batch to share), eval.batch_size, and the whole set in one batch, on the same
 prompts, greedy. The figure is the ratio of examples per second, all paths measured in
@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from llmhalluc import evaluation  # noqa: E402
+from llmhalluc import decoding, evaluation  # noqa: E402
 from llmhalluc.backtrack.token import add_backtrack_token  # noqa: E402
 from llmhalluc.datasets.records import Record, chat_prompt, read_jsonl  # noqa: E402
 from llmhalluc.datasets.registry import load_registry  # noqa: E402
@@ -95,7 +95,8 @@ def generate_one(model, tokenizer, prompt: list[int], sampling: evaluation.Sampl
     input_ids = torch.tensor([prompt], device=model.device)
     with torch.inference_mode():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                             **evaluation.decoding_options(sampling, stops, pad_id))
+                             **decoding.generate_options(max_new_tokens=sampling.max_new_tokens, stops=stops,
+                                                         pad_id=pad_id))
     return evaluation.cut_at_stop(out[0, len(prompt):].tolist(), stops)
 
 

@@ -202,6 +202,21 @@ def decode_batch(model: Any, sequences: Sequence[Sequence[int]], *, stops: set[i
     return visible[:, width:]
 
 
+def generate_options(*, max_new_tokens: int, stops: set[int], pad_id: int, sample: bool = False,
+                     temperature: float = 1.0, top_p: float = 1.0) -> dict[str, Any]:
+    """generate()'s keyword arguments that decode as decode_batch does: the reference it is compared
+    with (tests/test_decoding.py, benchmarks/eval_throughput.py). Every decoding knob is set, since
+    generate() fills a knob left unset from the checkpoint's generation_config (Qwen2.5-Instruct ships
+    repetition_penalty 1.05 and top_k 20) and decode_batch reads none of it."""
+    options: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad_id,
+                               "eos_token_id": sorted(stops), "repetition_penalty": 1.0}
+    if sample:
+        options.update(temperature=temperature, top_p=top_p, top_k=0)
+    else:  # greedy ignores the sampling knobs; left unset they are not even reported as unused
+        options.update(temperature=None, top_p=None, top_k=None)
+    return options
+
+
 def left_padded(sequences: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[Any, Any]:
     """(input_ids, attention_mask) of rows padded on the left to `width` (default: the longest row): every
     row's last real token is in the last column, where generation continues and where teacher forcing reads

@@ -16,17 +16,16 @@ QUESTIONS = ["Start with 3. Add 4.", "Start with 1. Add 1. Add 1. Add 1. Add 1. 
 
 
 def generate(model: Any, tokenizer: Any, sequences: list[list[int]], *, max_new_tokens: int, sample: bool = False,
-             **options: Any) -> list[list[int]]:
+             temperature: float = 1.0, top_p: float = 1.0, **extra: Any) -> list[list[int]]:
     """What transformers' generate writes after each left-padded sequence, every decoding knob set."""
     import torch
 
     stops = evaluation.stop_ids(tokenizer, model.generation_config)
     input_ids, attention = decoding.left_padded(sequences, tokenizer.pad_token_id)
-    knobs = {"temperature": None, "top_p": None, "top_k": None} if not sample else {"top_k": 0}
     with torch.inference_mode():
-        out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=sample,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=sorted(stops), repetition_penalty=1.0, **{**knobs, **options})
+        out = model.generate(input_ids=input_ids, attention_mask=attention, **decoding.generate_options(
+            max_new_tokens=max_new_tokens, stops=stops, pad_id=tokenizer.pad_token_id, sample=sample,
+            temperature=temperature, top_p=top_p), **extra)
     return out[:, input_ids.shape[1]:].tolist()
 
 

@@ -150,7 +150,7 @@ def test_bias_in_rollouts_absent_from_the_saved_model_and_eval(tmp_path: Path, s
     saved = json.loads((tmp_path / "models/grpo/generation_config.json").read_text())
     assert "sequence_bias" not in saved and "logit_bias" not in saved
 
-    # Not in eval: the model eval loads has none, and eval's greedy decoding (evaluation.decode_greedy) reads the
+    # Not in eval: the model eval loads has none, and eval's greedy decoding (decoding.decode_batch) reads the
     # model's logits alone, no generation config: a bias left in one would not reach it either.
     model, tok = load_model_and_tokenizer(str(tmp_path / "models/grpo"))
     assert model.generation_config.sequence_bias is None
