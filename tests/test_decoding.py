@@ -172,3 +172,20 @@ def test_teacher_forcing_through_groups_reads_what_a_plain_forward_pass_reads(ti
         assert [a for _, a in grouped.stats[index]] == [probs[n - 1].argmax().item() for n in ends[index]]
         if spans[index]:
             assert torch.allclose(grouped.states[index], out.hidden_states[-1][0, len(row) - 1].double(), atol=1e-4)
+
+
+def test_sampled_rows_that_end_leave_the_batch_and_the_rest_draw_as_generate(tiny_lm):
+    """Rows dropped from the model's batch still draw at every step (from zeros), so the generator advances as
+    generate's does and the rows still running get the samples generate gives them."""
+    from llmhalluc.rng import seed_everything
+
+    model, tokenizer = tiny_lm
+    batch = prompts(tokenizer) * 2
+    width = max(len(p) for p in batch)
+    counting = Counting(model)
+    seed_everything(11)
+    expected = generate(model, tokenizer, batch, max_new_tokens=12, sample=True, stopping_criteria=[Ends(width)])
+    seed_everything(11)
+    got = decode(counting, tokenizer, batch, max_new_tokens=12, sample=True, stopping_criteria=Ends(width))
+    assert got == expected
+    assert min(counting.rows) < len(batch)
