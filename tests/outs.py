@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -10,21 +11,28 @@ import runpy
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dvc_yaml
 
-#: Every out of every stage, as dvc.yaml and params.yaml name them (folders and metrics files).
-STAGE_OUTS = {
-    "prepare": ["data/prepared", "metrics/prepare.json"],
-    "train_sft": ["models/sft", "checkpoints/sft", "metrics/train_sft.json", "plots/train_sft"],
-    "train_grpo": ["models/grpo", "checkpoints/grpo", "metrics/train_grpo.json", "plots/train_grpo"],
-    "merge": ["models/merged"],
-    "eval": ["eval", "metrics/eval.json"],
-}
+
+@functools.cache
+def stage_outs() -> dict[str, list[str]]:
+    """Where every stage writes: its outs, metrics and plots as dvc.yaml declares them (`${...}` resolved from
+    params.yaml, so a moved out moves here too), and the checkpoint folders the training stages keep
+    beside them (persisted, outside DVC's outs)."""
+    from ruamel.yaml import YAML
+
+    params = YAML(typ="safe").load((ROOT / "params.yaml").read_text())
+    outs = {name: [o if isinstance(o, str) else next(iter(o)) for key in ("outs", "metrics", "plots")
+                   for o in stage.get(key) or []]
+            for name, stage in dvc_yaml()["stages"].items()}
+    outs["train_sft"].append(params["sft"]["output_dir"])
+    outs["train_grpo"].append(params["grpo"]["output_dir"])
+    return outs
 
 
 def plant_earlier_outs(root: Path) -> None:
     """Marker files where every stage writes, standing in for the outs of an earlier run."""
-    for stage, outs in STAGE_OUTS.items():
+    for stage, outs in stage_outs().items():
         for out in outs:
             path = root / out
             if path.suffix == ".json":
