@@ -124,10 +124,11 @@ def prime(model: Any, sequences: Sequence[Sequence[int]], plan: PrefixPlan, *, p
     groups = len(plan.group_lengths)
     ungrouped = -1 in plan.group_of
     group_width = max(plan.group_lengths, default=0)
-    # Group ids, left-padded (a last all-padding row stands for the rows in no group), then each row's own.
-    group_rows = [list(sequences[plan.group_of.index(g)][shared:shared + length]) for g, length in
-                  enumerate(plan.group_lengths)] + ([[]] if ungrouped and groups else [])
+    # Each row's row of the group pass: its group's, or a last all-padding one standing for the rows in none.
     select = [g if g >= 0 else groups for g in plan.group_of]
+    firsts = [select.index(g) for g in range(groups + (ungrouped and groups > 0))]  # a row of each group row
+    group_rows = [list(sequences[row][shared:shared + length]) for row, length in
+                  zip(firsts, plan.group_lengths, strict=False)] + ([[]] if len(firsts) > groups else [])
     own, own_mask = left_padded([s[plan.read_once(r):] for r, s in enumerate(sequences)], pad_id)
     mask = own_mask
     if groups:
@@ -142,7 +143,7 @@ def prime(model: Any, sequences: Sequence[Sequence[int]], plan: PrefixPlan, *, p
             prefix = torch.tensor([list(sequences[0][:shared])], dtype=torch.long, device=device)
             model(input_ids=prefix, position_ids=positions[:1, :shared], logits_to_keep=1, **cache)
         if groups:
-            index = torch.tensor([select.index(g) for g in range(len(group_rows))], device=device)
+            index = torch.tensor(firsts, device=device)
             if shared:
                 kv.batch_repeat_interleave(len(group_rows))
             model(input_ids=group_ids.to(device), attention_mask=mask[index, :shared + group_width],
